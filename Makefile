@@ -1,0 +1,35 @@
+# The two commands a new user runs: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/naiad serve --model-repository examples/models
+
+lint: $(STAMP)
+	$(BIN)/ruff check naiad tests examples bench
+	$(BIN)/ruff format --check naiad tests examples bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix naiad tests examples bench
+	$(BIN)/ruff format naiad tests examples bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/http_json.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Backends: one small contract (`base`), a lazy registry, and the implementations."""

@@ -1,0 +1,59 @@
+"""The contract every backend implements, in Triton's shape: load an instance, execute a list of
+requests into one result (or error) per request, unload."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from naiad.domain.errors import ServerError
+from naiad.domain.model_config import ModelConfig
+from naiad.domain.tensors import InferenceRequest, InferenceResponse, InferenceResult
+
+
+class ModelCaller(Protocol):
+    """How a backend calls another model of the same server (Triton's BLS)."""
+
+    def infer(self, model_name: str, model_version: str, request: InferenceRequest) -> InferenceResponse:
+        """Run a request from an instance's thread and wait for its response."""
+
+    def infer_async(
+        self, model_name: str, model_version: str, request: InferenceRequest
+    ) -> Awaitable[InferenceResponse]:
+        """Start a request from an event loop running in an instance's thread; await the result there."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceContext:
+    """What one model instance is told when it loads."""
+
+    config: ModelConfig
+    version: int
+    model_dir: Path
+    version_dir: Path
+    instance_name: str
+    kind: str
+    device_id: int
+    caller: ModelCaller
+
+
+class ModelInstance(Protocol):
+    """One loaded instance of a model; each runs on its own thread, one `execute` at a time."""
+
+    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult | ServerError]:
+        """One result or error per request, in order."""
+
+    def unload(self) -> None:
+        """Release what `load` took (Triton's `finalize`)."""
+
+
+class Backend(Protocol):
+    """A kind of model (python, pytorch, onnxruntime): fills in configs and loads instances."""
+
+    def auto_complete(self, raw: dict[str, Any], model_dir: Path, version_dir: Path) -> dict[str, Any]:
+        """The config (Triton's JSON form) with what the model itself can tell filled in."""
+
+    def load(self, context: InstanceContext) -> ModelInstance:
+        """Load one instance; raise `ServerError` with the reason when it cannot load."""

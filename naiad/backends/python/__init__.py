@@ -1,0 +1,1 @@
+"""The Python backend: Triton `model.py` files and the `triton_python_backend_utils` module they import."""

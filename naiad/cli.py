@@ -1,0 +1,258 @@
+"""The `naiad` command: `naiad serve` with tritonserver's flag names."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from naiad import __version__
+from naiad.config.settings import ServerSettings
+
+# tritonserver flags naiad does not implement yet: refused by name, never silently ignored.
+NOT_YET = frozenset(
+    [
+        "model-control-mode",
+        "repository-poll-secs",
+        "load-model",
+        "model-config-name",
+        "model-load-thread-count",
+        "model-load-retry-count",
+        "model-namespacing",
+        "enable-peer-access",
+        "reuse-http-port",
+        "http-header-forward-pattern",
+        "http-thread-count",
+        "http-restricted-api",
+        "grpc-address",
+        "reuse-grpc-port",
+        "grpc-header-forward-pattern",
+        "grpc-infer-thread-count",
+        "grpc-infer-allocation-pool-size",
+        "grpc-max-response-pool-size",
+        "grpc-use-ssl",
+        "grpc-use-ssl-mutual",
+        "grpc-server-cert",
+        "grpc-server-key",
+        "grpc-root-cert",
+        "grpc-infer-response-compression-level",
+        "grpc-keepalive-time",
+        "grpc-keepalive-timeout",
+        "grpc-keepalive-permit-without-calls",
+        "grpc-http2-max-pings-without-data",
+        "grpc-http2-min-recv-ping-interval-without-data",
+        "grpc-http2-max-ping-strikes",
+        "grpc-max-connection-age",
+        "grpc-max-connection-age-grace",
+        "grpc-restricted-protocol",
+        "allow-gpu-metrics",
+        "allow-cpu-metrics",
+        "metrics-address",
+        "metrics-interval-ms",
+        "metrics-config",
+        "trace-config",
+        "trace-file",
+        "trace-level",
+        "trace-rate",
+        "trace-count",
+        "trace-log-frequency",
+        "cache-config",
+        "cache-directory",
+        "response-cache-byte-size",
+        "rate-limit",
+        "rate-limit-resource",
+        "pinned-memory-pool-byte-size",
+        "cuda-memory-pool-byte-size",
+        "cuda-virtual-address-size",
+        "min-supported-compute-capability",
+        "buffer-manager-thread-count",
+        "host-policy",
+        "model-load-gpu-limit",
+        "allow-client-shm",
+        "backend-directory",
+        "backend-config",
+        "repoagent-directory",
+        "allow-sagemaker",
+        "sagemaker-port",
+        "sagemaker-safe-port-range",
+        "sagemaker-thread-count",
+        "allow-vertex-ai",
+        "vertex-ai-port",
+        "vertex-ai-thread-count",
+        "vertex-ai-default-model",
+    ]
+)
+
+_TRUE = frozenset({"true", "1", "on", "yes"})
+_FALSE = frozenset({"false", "0", "off", "no"})
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got '{text}'") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) -> None:
+    parser.add_argument(
+        name,
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=default,
+        metavar="BOOL",
+        help=f"{text} (default {default})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with `serve` as the one subcommand for now."""
+    parser = argparse.ArgumentParser(
+        prog="naiad",
+        description="A Triton-compatible inference server (KServe V2 / Open Inference Protocol).",
+    )
+    parser.add_argument("--version", action="version", version=f"naiad {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a Triton model repository",
+        description="Serve a Triton model repository over HTTP. Flags mirror tritonserver's.",
+    )
+    serve.add_argument(
+        "--model-repository",
+        "--model-store",
+        dest="model_repository",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="a model repository folder; repeat for several",
+    )
+    serve.add_argument("--id", default="naiad", help="the server's name in server metadata (default naiad)")
+    serve.add_argument("--http-address", default="0.0.0.0", help="address the HTTP service binds (default 0.0.0.0)")
+    serve.add_argument("--http-port", type=_port, default=8000, help="HTTP port (default 8000)")
+    serve.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port (default 8001)")
+    serve.add_argument("--metrics-port", type=_port, default=8002, help="metrics port (default 8002)")
+    _flag(serve, "--allow-http", True, "serve HTTP")
+    _flag(serve, "--allow-grpc", True, "serve gRPC (not in naiad yet: a warning says so)")
+    _flag(serve, "--allow-metrics", True, "serve Prometheus metrics (not in naiad yet: a warning says so)")
+    _flag(serve, "--exit-on-error", True, "exit when a model fails to load")
+    _flag(serve, "--strict-readiness", True, "ready only when every model is ready")
+    _flag(serve, "--strict-model-config", False, "deprecated: true turns off config auto-completion")
+    serve.add_argument(
+        "--disable-auto-complete-config",
+        action="store_true",
+        help="do not let backends fill in the model config (model.py's auto_complete_config)",
+    )
+    serve.add_argument(
+        "--exit-timeout-secs",
+        type=_non_negative,
+        default=30,
+        help="how long shutdown waits for requests in flight (default 30)",
+    )
+    serve.add_argument(
+        "--http-max-input-size",
+        type=_positive,
+        default=64 * 1024 * 1024,
+        help="largest request body in bytes, after decompression (default 67108864)",
+    )
+    serve.add_argument("--log-verbose", type=_non_negative, default=0, help="verbose logging level (default 0)")
+    _flag(serve, "--log-info", True, "log informational messages")
+    _flag(serve, "--log-warning", True, "log warnings")
+    _flag(serve, "--log-error", True, "log errors")
+    serve.add_argument("--log-format", choices=("default", "ISO8601"), default="default", help="log line format")
+    serve.add_argument("--log-file", default="", help="write the log to this file instead of stderr")
+    return parser
+
+
+def refuse_unsupported(argv: Sequence[str]) -> str | None:
+    """The message for the first tritonserver flag naiad does not implement, if any."""
+    for arg in argv:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0]
+            if name in NOT_YET:
+                return (
+                    f"naiad: the tritonserver flag --{name} is not supported by naiad yet; "
+                    "remove it (see `naiad serve --help` for what naiad supports)"
+                )
+    return None
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    """`ServerSettings` from parsed `serve` arguments."""
+    return ServerSettings(
+        model_repositories=tuple(args.model_repository),
+        server_id=args.id,
+        http_address=args.http_address,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        allow_http=args.allow_http,
+        allow_grpc=args.allow_grpc,
+        allow_metrics=args.allow_metrics,
+        exit_on_error=args.exit_on_error,
+        strict_readiness=args.strict_readiness,
+        exit_timeout_secs=args.exit_timeout_secs,
+        disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
+        http_max_input_size=args.http_max_input_size,
+        log_verbose=args.log_verbose,
+        log_info=args.log_info,
+        log_warning=args.log_warning,
+        log_error=args.log_error,
+        log_format=args.log_format,
+        log_file=args.log_file,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the process exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0].startswith("--") and args_list[0] not in ("--help", "--version"):
+        args_list.insert(0, "serve")  # `naiad --model-repository=...` works as `tritonserver` does
+    message = refuse_unsupported(args_list)
+    if message:
+        print(message, file=sys.stderr)
+        return 2
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    settings = settings_from(args)
+    from naiad.ops.logging import configure
+    from naiad.runner import run
+
+    configure(settings)
+    return run(settings)

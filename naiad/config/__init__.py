@@ -1,0 +1,1 @@
+"""config.pbtxt ⇄ `ModelConfig`, and the server's settings."""

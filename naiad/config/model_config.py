@@ -1,0 +1,182 @@
+"""Triton's rules for a model config: defaults filled in, checks with messages naming the model, the result
+as `domain.ModelConfig`."""
+
+from __future__ import annotations
+
+import copy
+from types import MappingProxyType
+from typing import Any
+
+from tritonclient.grpc import model_config_pb2
+
+from naiad.config import pbtxt
+from naiad.domain.datatypes import DATATYPES, element_count, from_config_type
+from naiad.domain.errors import invalid
+from naiad.domain.model_config import (
+    DynamicBatching,
+    InstanceGroup,
+    InstanceKind,
+    ModelConfig,
+    QueuePolicy,
+    TensorSpec,
+    TimeoutAction,
+    VersionPolicy,
+    VersionPolicyKind,
+)
+
+# `platform` names and the backend that serves each.
+PLATFORM_BACKENDS = {
+    "pytorch_libtorch": "pytorch",
+    "onnxruntime_onnx": "onnxruntime",
+    "ensemble": "ensemble",
+    "tensorflow_savedmodel": "tensorflow",
+    "tensorflow_graphdef": "tensorflow",
+    "tensorrt_plan": "tensorrt",
+}
+
+
+def backend_name(raw: dict[str, Any]) -> str:
+    """The backend a config asks for, from `backend` or else `platform` ("" when neither says)."""
+    backend = str(raw.get("backend") or "")
+    if backend:
+        return backend
+    return PLATFORM_BACKENDS.get(str(raw.get("platform") or ""), "")
+
+
+def build(raw: dict[str, Any], folder_name: str) -> ModelConfig:
+    """Check a model's config (Triton's JSON form) and fill its defaults, as Triton does at load."""
+    where = f"model '{folder_name}'"
+    proto = pbtxt.from_json(raw, where)
+    if proto.name and proto.name != folder_name:
+        raise invalid(
+            f"model configuration name '{proto.name}' does not match the model directory name "
+            f"'{folder_name}'; Triton requires them to be equal"
+        )
+    proto.name = folder_name
+    if not proto.backend:
+        proto.backend = backend_name(raw)
+    if proto.max_batch_size < 0:
+        raise invalid(f"max_batch_size must be >= 0 for {where}, got {proto.max_batch_size}")
+    if not proto.HasField("version_policy"):
+        proto.version_policy.latest.num_versions = 1
+    if not proto.instance_group:
+        proto.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU, count=1)
+    for index, group in enumerate(proto.instance_group):
+        if not group.name:
+            group.name = f"{folder_name}_{index}"
+        if group.count < 1:
+            group.count = 1
+        if group.kind == group.KIND_AUTO:
+            group.kind = group.KIND_GPU if group.gpus else group.KIND_CPU
+    choice = proto.WhichOneof("scheduling_choice")
+    if choice in ("sequence_batching", "ensemble_scheduling"):
+        raise invalid(f"{choice} is not supported by naiad yet ({where})")
+    if proto.model_transaction_policy.decoupled:
+        raise invalid(f"decoupled models are not supported by naiad yet ({where})")
+    filled = pbtxt.to_json(proto)
+
+    batching = _dynamic_batching(filled.get("dynamic_batching"), proto.max_batch_size, where)
+    return ModelConfig(
+        name=folder_name,
+        backend=proto.backend,
+        platform=proto.platform,
+        max_batch_size=proto.max_batch_size,
+        inputs=tuple(_tensor(item, "input", where) for item in filled.get("input", [])),
+        outputs=tuple(_tensor(item, "output", where) for item in filled.get("output", [])),
+        version_policy=_version_policy(filled.get("version_policy", {})),
+        instance_groups=tuple(_instance_group(item, where) for item in filled["instance_group"]),
+        dynamic_batching=batching,
+        default_model_filename=proto.default_model_filename,
+        parameters=MappingProxyType(
+            {key: str(value.get("string_value", "")) for key, value in filled.get("parameters", {}).items()}
+        ),
+        raw=MappingProxyType(copy.deepcopy(filled)),
+    )
+
+
+def _tensor(item: dict[str, Any], kind: str, where: str) -> TensorSpec:
+    name = str(item.get("name", ""))
+    if not name:
+        raise invalid(f"model {kind} must specify 'name' for {where}")
+    datatype = from_config_type(str(item.get("data_type", "TYPE_INVALID")))
+    if datatype not in DATATYPES:
+        raise invalid(f"model {kind} '{name}' must specify 'data_type' for {where}")
+    dims = tuple(int(d) for d in item.get("dims", []))
+    for dim in dims:
+        if dim < 1 and dim != -1:
+            raise invalid(
+                f"model {kind} '{name}' dimension must be integer >= 1, or -1 to indicate a "
+                f"variable-size dimension for {where}"
+            )
+    reshape = None
+    if "reshape" in item:
+        reshape = tuple(int(d) for d in item["reshape"].get("shape", []))
+        if -1 not in dims and -1 not in reshape and element_count(dims) != element_count(reshape):
+            raise invalid(
+                f"model {kind} '{name}' has different size for dims and reshape for {where}: "
+                f"{list(dims)} holds {element_count(dims)} elements, {list(reshape)} holds "
+                f"{element_count(reshape)}"
+            )
+    return TensorSpec(
+        name=name,
+        datatype=datatype,
+        dims=dims,
+        reshape=reshape,
+        optional=bool(item.get("optional", False)),
+        label_filename=str(item.get("label_filename", "")),
+    )
+
+
+def _version_policy(data: dict[str, Any]) -> VersionPolicy:
+    if "all" in data:
+        return VersionPolicy(VersionPolicyKind.ALL)
+    if "specific" in data:
+        versions = tuple(int(v) for v in data["specific"].get("versions", []))
+        return VersionPolicy(VersionPolicyKind.SPECIFIC, versions=versions)
+    latest = data.get("latest", {})
+    return VersionPolicy(VersionPolicyKind.LATEST, num_versions=int(latest.get("num_versions", 1)))
+
+
+def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
+    kind = InstanceKind(data.get("kind", "KIND_CPU"))
+    gpus = tuple(int(g) for g in data.get("gpus", []))
+    name = str(data["name"])
+    if kind is InstanceKind.CPU and gpus:
+        raise invalid(f"instance group {name} of {where} has kind KIND_CPU but specifies one or more GPUs")
+    if kind is not InstanceKind.CPU:
+        raise invalid(
+            f"instance group {name} of {where} has kind {kind.value}; naiad runs KIND_CPU instances only for now"
+        )
+    return InstanceGroup(name=name, kind=kind, count=int(data.get("count", 1)), gpus=gpus)
+
+
+def _dynamic_batching(data: dict[str, Any] | None, max_batch_size: int, where: str) -> DynamicBatching | None:
+    if data is None:
+        return None
+    if max_batch_size == 0:
+        raise invalid(f"dynamic batching needs max_batch_size > 0 for {where}")
+    preferred = tuple(int(size) for size in data.get("preferred_batch_size", []))
+    for size in preferred:
+        if size < 1 or size > max_batch_size:
+            raise invalid(
+                f"dynamic batching preferred size must be >= 1 and <= max batch size ({max_batch_size}) "
+                f"for {where}, got {size}"
+            )
+    if int(data.get("priority_levels", 0)) > 0:
+        raise invalid(f"dynamic batching priority levels are not supported by naiad yet ({where})")
+    policy_data = data.get("default_queue_policy", {})
+    policy = QueuePolicy(
+        max_queue_size=int(policy_data.get("max_queue_size", 0)),
+        default_timeout_us=int(policy_data.get("default_timeout_microseconds", 0)),
+        timeout_action=TimeoutAction(policy_data.get("timeout_action", "REJECT")),
+        allow_timeout_override=bool(policy_data.get("allow_timeout_override", False)),
+    )
+    preserve = bool(data.get("preserve_ordering", False))
+    if preserve and policy.timeout_action is TimeoutAction.DELAY:
+        raise invalid(f"Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true for {where}")
+    return DynamicBatching(
+        preferred_batch_sizes=tuple(sorted(preferred)),
+        max_queue_delay_us=int(data.get("max_queue_delay_microseconds", 0)),
+        preserve_ordering=preserve,
+        queue_policy=policy,
+    )

@@ -1,0 +1,1 @@
+"""The engine: repository discovery, model lifecycle, scheduling, statistics and the `InferenceServer` facade."""

@@ -1,0 +1,104 @@
+"""A loaded model version: its config, instances, scheduler, request checker, output shaper and statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+
+from naiad.backends.base import Backend, InstanceContext, ModelCaller
+from naiad.core.instances import InstanceRunner
+from naiad.core.outputs import OutputShaper
+from naiad.core.repository import ModelSource
+from naiad.core.scheduler import Scheduler
+from naiad.core.stats import ModelStats
+from naiad.core.validation import RequestChecker
+from naiad.domain.errors import ServerError
+from naiad.domain.model_config import ModelConfig
+
+
+class ModelState(enum.Enum):
+    """Triton's model states as the repository index reports them."""
+
+    UNKNOWN = "UNKNOWN"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass(slots=True)
+class ModelVersion:
+    """One version of a model, from loading to unloading."""
+
+    source: ModelSource
+    config: ModelConfig
+    version: int
+    stats: ModelStats
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    checker: RequestChecker | None = None
+    shaper: OutputShaper | None = None
+    scheduler: Scheduler | None = None
+    runners: tuple[InstanceRunner, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self.config.name
+
+    async def load(self, backend: Backend, caller: ModelCaller, loop: asyncio.AbstractEventLoop) -> None:
+        """Load every instance; on failure the version is UNAVAILABLE with the reason, and nothing is left running."""
+        config = self.config
+        version_dir = self.source.path / str(self.version)
+        runners: list[InstanceRunner] = []
+        for group in config.instance_groups:
+            for index in range(group.count):
+                context = InstanceContext(
+                    config=config,
+                    version=self.version,
+                    model_dir=self.source.path,
+                    version_dir=version_dir,
+                    instance_name=f"{group.name}_{index}",
+                    kind=group.kind.value.removeprefix("KIND_"),
+                    device_id=0,
+                    caller=caller,
+                )
+                runners.append(InstanceRunner(context, loop))
+        outcomes = await asyncio.gather(*(runner.load(backend) for runner in runners), return_exceptions=True)
+        failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
+        try:
+            if failure is not None:
+                raise failure
+            self.checker = RequestChecker(config)
+            self.shaper = OutputShaper(config, self.source.path)
+        except BaseException as exc:
+            for runner, outcome in zip(runners, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    runner.stop()
+                else:
+                    await runner.unload()
+            self.state = ModelState.UNAVAILABLE
+            self.reason = _reason(exc, self.name, self.version)
+            return
+        self.runners = tuple(runners)
+        self.scheduler = Scheduler(runners, self.stats, config.max_batch_size, config.dynamic_batching, loop)
+        self.state = ModelState.READY
+
+    async def unload(self) -> None:
+        """Finalize every instance."""
+        self.state = ModelState.UNLOADING
+        await asyncio.gather(*(runner.unload() for runner in self.runners))
+        self.runners = ()
+        self.scheduler = None
+        self.state = ModelState.UNAVAILABLE
+        self.reason = "unloaded"
+
+
+def _reason(exc: BaseException, name: str, version: int) -> str:
+    if isinstance(exc, ServerError):
+        return exc.message
+    return f"failed to load model '{name}' version {version}: {type(exc).__name__}: {exc}"
+
+
+__all__ = ["ModelState", "ModelVersion"]

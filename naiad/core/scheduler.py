@@ -1,0 +1,201 @@
+"""The scheduler of one model version: a queue in front of its instances, and Triton's dynamic batcher.
+
+Without `dynamic_batching` each execution gets one request. With it, a free instance gets the queued requests
+whose non-batch shapes agree with the oldest one, up to `max_batch_size`: at once when a preferred batch size
+can be formed or the batch cannot grow, otherwise when the oldest request has waited
+`max_queue_delay_microseconds`. Everything is driven by events: a submit, an instance coming free, a timer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Hashable
+
+from naiad.core.instances import InstanceRunner, Outcome
+from naiad.core.stats import ModelStats
+from naiad.domain.errors import ServerError, unavailable
+from naiad.domain.model_config import DynamicBatching, TimeoutAction
+from naiad.domain.tensors import InferenceRequest, InferenceResult
+
+# Below this, a libuv timer (millisecond resolution) would overshoot the delay: the batcher re-checks on each
+# loop iteration instead, which also lets requests already read from other connections join the batch.
+_TIMER_MIN_NS = 1_500_000
+
+
+class Pending:
+    """A queued request and the future its caller awaits."""
+
+    __slots__ = ("arrival", "batch_size", "future", "key", "request", "timer")
+
+    def __init__(
+        self,
+        request: InferenceRequest,
+        batch_size: int,
+        key: Hashable,
+        future: asyncio.Future[InferenceResult],
+        arrival: int,
+    ) -> None:
+        self.request = request
+        self.batch_size = batch_size
+        self.key = key
+        self.future = future
+        self.arrival = arrival
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Scheduler:
+    """Queues requests for one model version and hands them to free instances, batching them if configured."""
+
+    def __init__(
+        self,
+        runners: list[InstanceRunner],
+        stats: ModelStats,
+        max_batch_size: int,
+        batching: DynamicBatching | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._loop = loop
+        self._stats = stats
+        self._idle: deque[InstanceRunner] = deque(runners)
+        self._queue: deque[Pending] = deque()
+        self._delayed: deque[Pending] = deque()
+        self._batching = batching
+        self._max_batch = max_batch_size if batching is not None else 0
+        self._delay_ns = batching.max_queue_delay_us * 1000 if batching else 0
+        self._preferred = frozenset(batching.preferred_batch_sizes) if batching else frozenset()
+        self._max_preferred = (
+            max(batching.preferred_batch_sizes) if batching and batching.preferred_batch_sizes else max_batch_size
+        )
+        policy = batching.queue_policy if batching else None
+        self._max_queue = policy.max_queue_size if policy else 0
+        self._timeout_ns = policy.default_timeout_us * 1000 if policy else 0
+        self._allow_override = policy.allow_timeout_override if policy else False
+        self._delay_action = policy is not None and policy.timeout_action is TimeoutAction.DELAY
+        self._preserve = batching.preserve_ordering if batching else False
+        self._wakeup: asyncio.Handle | None = None
+        self._next_batch = 0
+        self._next_delivery = 0
+        self._finished: dict[int, list[tuple[Pending, InferenceResult | ServerError]]] = {}
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for an instance."""
+        return len(self._queue) + len(self._delayed)
+
+    def submit(self, request: InferenceRequest, batch_size: int, key: Hashable) -> asyncio.Future[InferenceResult]:
+        """Queue a checked request; the future resolves to its result or raises its `ServerError`."""
+        if self._max_queue and len(self._queue) + len(self._delayed) >= self._max_queue:
+            raise unavailable("Exceeds maximum queue size")
+        future: asyncio.Future[InferenceResult] = self._loop.create_future()
+        pending = Pending(request, batch_size, key, future, time.monotonic_ns())
+        timeout = self._timeout_ns
+        if self._allow_override:
+            requested = request.parameters.get("timeout")
+            if isinstance(requested, int) and requested > 0:
+                timeout = min(timeout, requested * 1000) if timeout else requested * 1000
+        if timeout:
+            pending.timer = self._loop.call_later(timeout / 1e9, self._expire, pending)
+        self._queue.append(pending)
+        if self._idle:
+            self._dispatch()
+        return future
+
+    def _expire(self, pending: Pending) -> None:
+        pending.timer = None
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return
+        if self._delay_action:
+            self._delayed.append(pending)
+        elif not pending.future.done():
+            pending.future.set_exception(unavailable("Request timeout expired"))
+
+    def _dispatch(self) -> None:
+        self._wakeup = None
+        while self._idle and (self._queue or self._delayed):
+            batch = self._form_batch(self._queue if self._queue else self._delayed)
+            if batch is None:
+                return
+            self._start(self._idle.popleft(), batch)
+
+    def _form_batch(self, queue: deque[Pending]) -> list[Pending] | None:
+        """The requests for the next execution, or None to wait for more (a wake-up is then scheduled)."""
+        if not self._max_batch:
+            return [queue.popleft()]
+        first = queue[0]
+        key = first.key
+        total = 0
+        taken = 0
+        preferred_taken = 0
+        can_grow = True
+        for pending in queue:
+            if pending.key != key or total + pending.batch_size > self._max_batch:
+                can_grow = False
+                break
+            total += pending.batch_size
+            taken += 1
+            if total in self._preferred:
+                preferred_taken = taken
+        if total >= self._max_preferred:
+            can_grow = False
+        waited = time.monotonic_ns() - first.arrival
+        if can_grow and not preferred_taken and waited < self._delay_ns:
+            self._schedule_wakeup(self._delay_ns - waited)
+            return None
+        count = preferred_taken if preferred_taken and waited < self._delay_ns else taken
+        return [queue.popleft() for _ in range(count)]
+
+    def _schedule_wakeup(self, remaining_ns: int) -> None:
+        if self._wakeup is not None:
+            return
+        if remaining_ns >= _TIMER_MIN_NS:
+            self._wakeup = self._loop.call_later(remaining_ns / 1e9, self._dispatch)
+        else:
+            self._wakeup = self._loop.call_soon(self._dispatch)
+
+    def _start(self, runner: InstanceRunner, batch: list[Pending]) -> None:
+        for pending in batch:
+            if pending.timer is not None:
+                pending.timer.cancel()
+                pending.timer = None
+        sequence = self._next_batch
+        self._next_batch += 1
+        dispatched = time.monotonic_ns()
+
+        def done(outcome: Outcome, start: int, end: int) -> None:
+            self._idle.append(runner)
+            self._finish(sequence, batch, outcome, dispatched, start, end)
+            if self._queue or self._delayed:
+                self._dispatch()
+
+        runner.execute([pending.request for pending in batch], done)
+
+    def _finish(
+        self, sequence: int, batch: list[Pending], outcome: Outcome, dispatched: int, start: int, end: int
+    ) -> None:
+        stats = self._stats
+        for pending in batch:
+            stats.queue.add(dispatched - pending.arrival)
+        batch_size = sum(pending.batch_size for pending in batch) if self._max_batch else len(batch)
+        stats.record_execution(batch_size, len(batch), start - dispatched, end - start, 0)
+        pairs = list(zip(batch, outcome, strict=True))
+        if not self._preserve:
+            _deliver(pairs)
+            return
+        self._finished[sequence] = pairs
+        while self._next_delivery in self._finished:
+            _deliver(self._finished.pop(self._next_delivery))
+            self._next_delivery += 1
+
+
+def _deliver(pairs: list[tuple[Pending, InferenceResult | ServerError]]) -> None:
+    for pending, result in pairs:
+        future = pending.future
+        if future.done():
+            continue
+        if isinstance(result, ServerError):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

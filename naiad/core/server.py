@@ -1,0 +1,176 @@
+"""`InferenceServer`: the one protocol-neutral facade both front ends call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from naiad import __version__
+from naiad.config.settings import ServerSettings
+from naiad.core.lifecycle import ModelManager
+from naiad.core.repository import discover
+from naiad.domain.errors import ServerError, unavailable
+from naiad.domain.model_config import ModelConfig
+from naiad.domain.tensors import InferenceRequest, InferenceResponse
+
+# Extensions that work end to end; server metadata lists only these.
+EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+)
+
+
+class InferenceServer:
+    """Health, metadata, inference, statistics and the repository index, for any front end."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self._manager = ModelManager(
+            discover(settings.model_repositories), auto_complete=not settings.disable_auto_complete_config
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._exiting = False
+        self._unloading = False
+        self._in_flight = 0
+        self._drained: asyncio.Event | None = None
+
+    async def start(self) -> list[tuple[str, str]]:
+        """Load the models; returns the (model, reason) of each failure."""
+        self._loop = asyncio.get_running_loop()
+        await self._manager.load_all(_Caller(self, self._loop))
+        self._started = True
+        return self._manager.failures()
+
+    # Health and metadata
+
+    @property
+    def live(self) -> bool:
+        """Triton's liveness: true from start-up until the models are unloaded at exit."""
+        return not self._unloading
+
+    @property
+    def ready(self) -> bool:
+        """Ready once the models are loaded (all of them, with strict readiness) and until shutdown begins."""
+        if not self._started or self._exiting:
+            return False
+        return self._manager.all_ready() if self.settings.strict_readiness else True
+
+    def metadata(self) -> dict[str, Any]:
+        """Server metadata: name, version and the extensions that work."""
+        return {"name": self.settings.server_id, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_ready(self, name: str, version: str) -> bool:
+        """Whether the model (version) can serve requests now."""
+        try:
+            self._manager.get(name, version)
+        except ServerError:
+            return False
+        return not self._unloading
+
+    def model_metadata(self, name: str, version: str) -> dict[str, Any]:
+        """Model metadata: versions, platform, and each input and output with its datatype and shape."""
+        config = self._manager.get(name, version).config
+        batch = [-1] if config.max_batch_size > 0 else []
+        return {
+            "name": name,
+            "versions": [str(v.version) for v in self._manager.versions(name)],
+            "platform": config.platform or config.backend,
+            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": [*batch, *s.dims]} for s in config.inputs],
+            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": [*batch, *s.dims]} for s in config.outputs],
+        }
+
+    def model_config(self, name: str, version: str) -> dict[str, Any]:
+        """The model's whole config in Triton's JSON form."""
+        return dict(self._manager.config(name, version).raw)
+
+    def model_settings(self, name: str, version: str) -> ModelConfig:
+        """The parsed config, for front ends that must know input shapes (raw binary requests)."""
+        return self._manager.get(name, version).config
+
+    # Inference
+
+    async def infer(self, name: str, version: str, request: InferenceRequest) -> InferenceResponse:
+        """Run one request through the model's scheduler; raises `ServerError` on any failure."""
+        if self._unloading:
+            raise unavailable("Server exiting")
+        model = self._manager.get(name, version)
+        stats = model.stats
+        start = time.monotonic_ns()
+        self._in_flight += 1
+        try:
+            checked, batch, key = model.checker.check(request)  # type: ignore[union-attr]
+            result = await model.scheduler.submit(checked, batch, key)  # type: ignore[union-attr]
+            outputs = model.shaper.shape(request, result)  # type: ignore[union-attr]
+        except ServerError:
+            stats.fail.add(time.monotonic_ns() - start)
+            raise
+        finally:
+            self._in_flight -= 1
+            if self._drained is not None and self._in_flight == 0:
+                self._drained.set()
+        stats.success.add(time.monotonic_ns() - start)
+        return InferenceResponse(name, str(model.version), request.id, outputs, result.parameters)
+
+    # Statistics and repository
+
+    def statistics(self, name: str, version: str) -> dict[str, Any]:
+        """Triton's statistics JSON for one model (version), or for every model when `name` is empty."""
+        versions = [self._manager.get(name, version)] if version else self._manager.versions(name)
+        return {"model_stats": [v.stats.to_json(v.name, v.version) for v in versions]}
+
+    def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
+        """Every model version with its state (and the reason when it is not ready)."""
+        return self._manager.index(ready_only)
+
+    # Shutdown
+
+    def begin_exit(self) -> None:
+        """Stop being ready; requests still arriving on open connections are served until `unload`."""
+        self._exiting = True
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds for the requests in flight; returns how many are still running."""
+        if self._in_flight:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout)
+        return self._in_flight
+
+    async def unload(self) -> None:
+        """Unload every model (Triton's `finalize` on each instance); later requests get 503."""
+        self._exiting = True
+        self._unloading = True
+        await self._manager.unload_all()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served now."""
+        return self._in_flight
+
+
+class _Caller:
+    """Lets a model call another model of this server (BLS) from its instance thread."""
+
+    def __init__(self, server: InferenceServer, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self._loop = loop
+
+    def infer(self, model_name: str, model_version: str, request: InferenceRequest) -> InferenceResponse:
+        coroutine = self._server.infer(model_name, model_version, request)
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def infer_async(
+        self, model_name: str, model_version: str, request: InferenceRequest
+    ) -> Awaitable[InferenceResponse]:
+        coroutine = self._server.infer(model_name, model_version, request)
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
+
+
+__all__ = ["EXTENSIONS", "InferenceServer"]

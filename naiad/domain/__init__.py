@@ -1,0 +1,1 @@
+"""The vocabulary every room shares: tensors, datatypes, errors and the model config."""

@@ -1,0 +1,50 @@
+"""`ServerError` and the protocol-neutral `ErrorCode` each front end maps to its own status codes."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.Enum):
+    """Triton's error codes; HTTP and gRPC each map them to their own status."""
+
+    UNKNOWN = "UNKNOWN"
+    INTERNAL = "INTERNAL"
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_ARG = "INVALID_ARG"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNSUPPORTED = "UNSUPPORTED"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    CANCELLED = "CANCELLED"
+
+
+class ServerError(Exception):
+    """An error with a code and a message meant for the client."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ServerError({self.code.name}, {self.message!r})"
+
+
+def invalid(message: str) -> ServerError:
+    """A client's mistake (HTTP 400)."""
+    return ServerError(ErrorCode.INVALID_ARG, message)
+
+
+def not_found(message: str) -> ServerError:
+    """An unknown model, version or route (HTTP 404)."""
+    return ServerError(ErrorCode.NOT_FOUND, message)
+
+
+def unavailable(message: str) -> ServerError:
+    """Not ready, queue full or timed out (HTTP 503)."""
+    return ServerError(ErrorCode.UNAVAILABLE, message)
+
+
+def internal(message: str) -> ServerError:
+    """The model's own failure (HTTP 500)."""
+    return ServerError(ErrorCode.INTERNAL, message)

@@ -1,0 +1,1 @@
+"""The KServe V2 HTTP/REST front end with Triton's extensions."""

@@ -1,0 +1,1 @@
+"""Operations: logging now; Prometheus metrics with Triton's names next."""

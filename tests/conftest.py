@@ -1,0 +1,111 @@
+"""Fixtures shared by every test room: starting a real `python -m naiad serve` process on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningServer:
+    """A naiad server process and how to reach it."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.address = f"127.0.0.1:{port}"
+        self.log_path = log_path
+
+    def log(self) -> str:
+        """Everything the server has written to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the server and wait for it to exit; its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"naiad did not exit within {timeout}s of signal {sig}:\n{self.log()}") from None
+
+
+def start_server(repository: Path, *flags: str, log_dir: Path, wait_ready: bool = True) -> RunningServer:
+    """Start `python -m naiad serve` on `repository`; wait until it is live (and ready when asked)."""
+    port = free_port()
+    log_path = log_dir / f"naiad-{port}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "naiad",
+        "serve",
+        f"--model-repository={repository}",
+        f"--http-port={port}",
+        "--http-address=127.0.0.1",
+        "--allow-grpc=false",
+        "--allow-metrics=false",
+        *flags,
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    server = RunningServer(process, port, log_path)
+    deadline = time.monotonic() + 60
+    path = "/v2/health/ready" if wait_ready else "/v2/health/live"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"naiad exited with {process.returncode}:\n{server.log()}")
+        try:
+            if requests.get(server.url + path, timeout=1).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise AssertionError(f"naiad was not {'ready' if wait_ready else 'live'} within 60s:\n{server.log()}")
+
+
+class ServerFactory:
+    """Starts servers and stops whatever is still running at the end."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self._started: list[RunningServer] = []
+
+    def start(self, repository: Path, *flags: str, wait_ready: bool = True) -> RunningServer:
+        """Start a server on `repository` with extra command-line flags."""
+        server = start_server(repository, *flags, log_dir=self._log_dir, wait_ready=wait_ready)
+        self._started.append(server)
+        return server
+
+    def close(self) -> None:
+        """Kill every server still running."""
+        for server in self._started:
+            if server.process.poll() is None:
+                server.process.kill()
+                server.process.wait()
+
+
+@pytest.fixture
+def naiad(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Servers for one test: `naiad.start(repository, *flags)`."""
+    factory = ServerFactory(tmp_path)
+    yield factory
+    factory.close()

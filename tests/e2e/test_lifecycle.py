@@ -1,0 +1,171 @@
+"""Start-up, readiness and shutdown of a real server process: failed models, exit-on-error, draining on SIGTERM."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests import models
+from tests.conftest import ServerFactory
+
+BROKEN_SYNTAX = "import triton_python_backend_utils as pb_utils\nclass TritonPythonModel:\n    def execute(self, r)\n"
+BROKEN_INIT = """
+import triton_python_backend_utils as pb_utils
+class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("cannot open weights.bin")
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def repository_with_broken_models(root: Path) -> Path:
+    repo = root / "models"
+    models.write_model(repo, "add_sub", models.add_sub_config(), models.ADD_SUB)
+    models.write_model(repo, "bad_syntax", models.identity_config("bad_syntax", "TYPE_INT32"), BROKEN_SYNTAX)
+    models.write_model(repo, "bad_init", models.identity_config("bad_init", "TYPE_INT32"), BROKEN_INIT)
+    models.write_model(repo, "bad_config", 'name: "other_name"\nbackend: "python"\n', models.IDENTITY)
+    models.write_model(repo, "bad_backend", 'backend: "tensorrt"\n', models.IDENTITY)
+    return repo
+
+
+def run_naiad(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "naiad", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_default_exit_on_error_stops_startup_naming_model(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    models.write_model(repo, "add_sub", models.add_sub_config(), models.ADD_SUB)
+    models.write_model(repo, "bad_init", models.identity_config("bad_init", "TYPE_INT32"), BROKEN_INIT)
+    result = run_naiad("serve", f"--model-repository={repo}", "--http-port=0", "--allow-grpc=false")
+    assert result.returncode == 1
+    assert "bad_init" in result.stderr
+    assert "RuntimeError: cannot open weights.bin" in result.stderr
+
+
+def test_failed_models_are_unavailable_with_reasons(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = repository_with_broken_models(tmp_path)
+    server = naiad.start(repo, "--exit-on-error=false", wait_ready=False)
+    assert requests.get(server.url + "/v2/health/live").status_code == 200
+    assert requests.get(server.url + "/v2/health/ready").status_code == 400  # strict readiness: not all ready
+    index = {entry["name"]: entry for entry in requests.post(server.url + "/v2/repository/index").json()}
+    assert index["add_sub"]["state"] == "READY"
+    assert index["bad_syntax"]["state"] == "UNAVAILABLE"
+    assert "SyntaxError" in index["bad_syntax"]["reason"]
+    assert "RuntimeError: cannot open weights.bin" in index["bad_init"]["reason"]
+    assert "'other_name' does not match the model directory name 'bad_config'" in index["bad_config"]["reason"]
+    assert "backend 'tensorrt'" in index["bad_backend"]["reason"]
+    ready_only = requests.post(server.url + "/v2/repository/index", json={"ready": True}).json()
+    assert [entry["name"] for entry in ready_only] == ["add_sub"]
+    reply = requests.post(
+        server.url + "/v2/models/bad_init/infer",
+        json={"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "INT32", "data": [1]}]},
+    )
+    assert reply.status_code == 404
+    assert reply.json()["error"] == "Request for unknown model: 'bad_init' has no available versions"
+    version = requests.get(server.url + "/v2/models/bad_init/versions/1/ready")
+    assert version.status_code == 400
+    body = {
+        "inputs": [{"name": n, "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16} for n in ("INPUT0", "INPUT1")]
+    }
+    assert requests.post(server.url + "/v2/models/add_sub/infer", json=body).status_code == 200
+    assert "bad_init" in server.log() and "cannot open weights.bin" in server.log()
+
+
+def test_version_not_ready_is_503(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    folder = models.write_model(
+        repo,
+        "two_versions",
+        models.identity_config("two_versions", "TYPE_INT32", extra="version_policy: { all: { } }"),
+        models.IDENTITY,
+        versions=(1, 2),
+    )
+    (folder / "2" / "model.py").write_text(BROKEN_INIT)
+    server = naiad.start(repo, "--exit-on-error=false", "--strict-readiness=false")
+    assert requests.get(server.url + "/v2/health/ready").status_code == 200  # not strict: ready anyway
+    body = {"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "INT32", "data": [5]}]}
+    two = requests.post(server.url + "/v2/models/two_versions/versions/2/infer", json=body)
+    assert two.status_code == 503
+    assert two.json()["error"] == "Request for unknown model: 'two_versions' version 2 is not at ready state"
+    latest = requests.post(server.url + "/v2/models/two_versions/infer", json=body)
+    assert latest.status_code == 200 and latest.json()["model_version"] == "1"
+
+
+def test_sigterm_drains_in_flight_requests_then_finalizes(
+    tmp_path: Path, naiad: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "finalized.txt"
+    monkeypatch.setenv("NAIAD_TEST_FINALIZE_MARKER", str(marker))
+    repo = tmp_path / "models"
+    models.write_model(
+        repo,
+        "slow",
+        models.identity_config("slow", "TYPE_INT32", extra="instance_group [{ count: 4 }]"),
+        models.FINALIZE_MARKER,
+    )
+    server = naiad.start(repo, "--exit-timeout-secs=20")
+    body = {"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "INT32", "data": [9]}]}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(requests.post, server.url + "/v2/models/slow/infer", json=body) for _ in range(4)]
+        time.sleep(0.4)  # the four requests are executing (each takes 1 s)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        replies = [future.result(timeout=30) for future in futures]
+    assert [reply.status_code for reply in replies] == [200] * 4
+    assert all(reply.json()["outputs"][0]["data"] == [9] for reply in replies)
+    assert server.process.wait(30) == 0
+    assert marker.read_text() == "finalized"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url + "/v2/health/live", timeout=2)
+
+
+def test_not_ready_during_shutdown(tmp_path: Path, naiad: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAIAD_TEST_FINALIZE_MARKER", str(tmp_path / "marker"))
+    repo = tmp_path / "models"
+    models.write_model(repo, "slow", models.identity_config("slow", "TYPE_INT32"), models.FINALIZE_MARKER)
+    server = naiad.start(repo)
+    session = requests.Session()  # a keep-alive connection opened before the signal
+    assert session.get(server.url + "/v2/health/ready").status_code == 200
+    body = {"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "INT32", "data": [1]}]}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(requests.post, server.url + "/v2/models/slow/infer", json=body)
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        assert session.get(server.url + "/v2/health/ready").status_code == 400
+        assert session.get(server.url + "/v2/health/live").status_code == 200
+        assert in_flight.result(timeout=30).status_code == 200
+    assert server.process.wait(30) == 0
+
+
+def test_unsupported_triton_flag_is_refused() -> None:
+    result = run_naiad("serve", "--model-repository=/tmp", "--model-control-mode=poll")
+    assert result.returncode == 2
+    assert "--model-control-mode is not supported by naiad yet" in result.stderr
+
+
+def test_bad_flag_values_are_refused() -> None:
+    result = run_naiad("serve", "--model-repository=/tmp", "--http-port=99999")
+    assert result.returncode == 2 and "out of range" in result.stderr
+    result = run_naiad("serve", "--model-repository=/tmp", "--exit-on-error=maybe")
+    assert result.returncode == 2 and "expected true or false" in result.stderr
+    result = run_naiad("serve", "--model-repository=/tmp", "--http-max-input-size=0")
+    assert result.returncode == 2 and "must be greater than 0" in result.stderr
+
+
+def test_help_lists_tritonserver_flags() -> None:
+    result = run_naiad("serve", "--help")
+    assert result.returncode == 0
+    for flag in ("--model-repository", "--http-port", "--exit-on-error", "--strict-readiness", "--log-verbose"):
+        assert flag in result.stdout

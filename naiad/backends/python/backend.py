@@ -19,6 +19,7 @@ from naiad.backends.base import InstanceContext
 from naiad.backends.python import triton_python_backend_utils as pb
 from naiad.backends.python.pb_tensor import _to_domain_tensor
 from naiad.domain.errors import ErrorCode, ServerError, internal, invalid
+from naiad.domain.model_config import TensorSpec
 from naiad.domain.tensors import InferenceRequest, InferenceResult
 
 _LOG = logging.getLogger("naiad.backends.python")
@@ -100,12 +101,12 @@ class PythonModelInstance:
 
     __slots__ = ("_all_outputs", "_execute", "_folder", "_instance_name", "_loop", "_model", "_name", "_package")
 
-    def __init__(self, name: str, instance_name: str, folder: str, package: str, outputs: Sequence[Any]) -> None:
+    def __init__(self, name: str, instance_name: str, folder: str, package: str, outputs: Sequence[TensorSpec]) -> None:
         self._name = name
         self._instance_name = instance_name
         self._folder = folder
         self._package = package
-        self._all_outputs = frozenset(str(output.name) for output in outputs)
+        self._all_outputs = frozenset(output.name for output in outputs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._model: Any = None
         self._execute: Any = None
@@ -119,7 +120,9 @@ class PythonModelInstance:
 
     def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult | ServerError]:
         """Run the model's `execute` on the requests: one result, or error, per request."""
-        pb._state.model_dir = self._folder
+        state = pb._state
+        outer = getattr(state, "model_dir", None)  # set when a BLS call runs this model on the caller's thread
+        state.model_dir = self._folder
         incoming = pb.InferenceRequest._incoming
         name, outputs = self._name, self._all_outputs
         wrapped = [incoming(request, name, outputs) for request in requests]
@@ -130,6 +133,8 @@ class PythonModelInstance:
             return self._results(requests, wrapped, returned)
         except Exception as exc:
             return self._failed(len(requests), exc)
+        finally:
+            state.model_dir = outer
 
     def unload(self) -> None:
         """Call the model's `finalize` (its errors are logged), then drop the instance's module and loop."""

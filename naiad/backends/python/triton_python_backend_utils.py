@@ -332,7 +332,11 @@ class InferenceResponse:
         error: TritonError | None = None,
         parameters: Mapping[str, bool | int | str] | str | None = None,
     ) -> None:
-        tensors = [] if output_tensors is None else list(output_tensors)
+        if output_tensors is None:
+            output_tensors = []
+        elif not isinstance(output_tensors, list | tuple):
+            raise TritonModelException('"output_tensors" must be a list.')
+        tensors = list(output_tensors)
         for tensor in tensors:
             if not isinstance(tensor, Tensor):
                 raise TypeError(

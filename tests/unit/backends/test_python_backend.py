@@ -555,6 +555,9 @@ def test_tensor_types_shapes_and_errors() -> None:
     bf16 = pb_utils.Tensor._wrap("h", np.zeros(2, dtype=np.uint16), 14)
     with pytest.raises(pb_utils.TritonModelException, match="BF16 and cannot be converted to NumPy"):
         bf16.as_numpy()
+    assert bf16.triton_dtype() == 14 and bf16.shape() == [2]
+    with pytest.raises(pb_utils.TritonModelException, match="get_model_dir"):
+        pb_utils.get_model_dir()  # only while naiad runs a model's code
 
 
 def test_dlpack_round_trips_share_or_copy_as_needed() -> None:

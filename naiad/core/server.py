@@ -103,9 +103,9 @@ class InferenceServer:
         model = self._manager.get(name, version)
         stats = model.stats
         start = time.monotonic_ns()
+        checked, batch, key = model.checker.check(request)  # type: ignore[union-attr]
         self._in_flight += 1
-        try:
-            checked, batch, key = model.checker.check(request)  # type: ignore[union-attr]
+        try:  # as Triton, requests refused by validation are not counted as failures
             result = await model.scheduler.submit(checked, batch, key)  # type: ignore[union-attr]
             outputs = model.shaper.shape(request, result)  # type: ignore[union-attr]
         except ServerError:

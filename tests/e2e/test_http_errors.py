@@ -216,6 +216,9 @@ def test_errors_leave_the_server_serving(server: RunningServer) -> None:
     reply = infer(server, {"inputs": GOOD})
     assert reply.status_code == 200
     assert reply.json()["outputs"][0]["data"] == [2.0] * 16
+    stats = requests.get(server.url + "/v2/models/add_sub/stats").json()["model_stats"][0]["inference_stats"]
+    assert stats["fail"]["count"] == 0  # as Triton: requests refused by validation are not model failures
+    assert stats["success"]["count"] >= 1
 
 
 def test_repository_path_is_absent(tmp_path: Path, naiad: Any) -> None:

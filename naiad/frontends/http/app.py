@@ -213,13 +213,7 @@ class HttpApp:
             body = await request.body()
             ready_only = False
             if body.strip():
-                try:
-                    document = orjson.loads(body)
-                except orjson.JSONDecodeError as exc:
-                    raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
-                if not isinstance(document, dict):
-                    raise invalid("failed to parse the request JSON buffer: expected a JSON object")
-                ready = document.get("ready", False)
+                ready = codec.parse_object(body).get("ready", False)
                 if not isinstance(ready, bool):
                     raise invalid("Invalid value for 'ready': expected a boolean")
                 ready_only = ready

@@ -40,12 +40,7 @@ def decode_request(body: bytes, header_length: int | None, model: str) -> Decode
             raise invalid(f"inference header size should be in range (0, {len(body)}), got: {header_length}")
         view = memoryview(body)
         header, binary = view[:header_length], view[header_length:]
-    try:
-        document = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
-    if not isinstance(document, dict):
-        raise invalid("failed to parse the request JSON buffer: the request must be a JSON object")
+    document = parse_object(header)
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list):
         raise invalid("Unable to parse 'inputs': the request must have an 'inputs' array")
@@ -79,6 +74,17 @@ def decode_request(body: bytes, header_length: int | None, model: str) -> Decode
         raise invalid("Unable to parse 'id': expected a string")
     request = InferenceRequest(tuple(inputs), outputs, request_id, parameters)
     return DecodedRequest(request, binary_all, binary_outputs)
+
+
+def parse_object(text: bytes | memoryview) -> dict[str, Any]:
+    """A request body that must be one JSON object."""
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"failed to parse the request JSON buffer: {exc}") from None
+    if not isinstance(document, dict):
+        raise invalid("failed to parse the request JSON buffer: the request must be a JSON object")
+    return document
 
 
 def decode_raw_binary(body: bytes, config: ModelConfig) -> DecodedRequest:

@@ -8,12 +8,11 @@ import logging
 import signal
 import sys
 
-import uvicorn
-
 from naiad.config.settings import ServerSettings
 from naiad.core.repository import RepositoryError
 from naiad.core.server import InferenceServer
 from naiad.frontends.http.app import HttpApp
+from naiad.frontends.http.protocol import HttpListener
 
 logger = logging.getLogger("naiad.runner")
 
@@ -52,7 +51,7 @@ async def serve(settings: ServerSettings) -> int:
     if settings.allow_metrics:
         logger.warning("Prometheus metrics are not in naiad yet: nothing listens on port %d", settings.metrics_port)
 
-    http: uvicorn.Server | None = None
+    http: HttpListener | None = None
     if settings.allow_http:
         http = await _start_http(server, settings)
         if http is None:
@@ -68,43 +67,28 @@ async def serve(settings: ServerSettings) -> int:
     logger.info("shutting down: no longer ready; waiting up to %ds for requests in flight", settings.exit_timeout_secs)
     server.begin_exit()
     if http is not None:
-        for listener in http.servers:
-            listener.close()
+        http.stop_accepting()
     left = await server.drain(settings.exit_timeout_secs)
     if left:
         logger.warning("exit timeout reached with %d request(s) in flight", left)
     if http is not None:
-        http.config.timeout_graceful_shutdown = 1
-        await http.shutdown()
+        await http.close(timeout=1)
     await server.unload()
     logger.info("all models unloaded; exiting")
     return 0
 
 
-async def _start_http(server: InferenceServer, settings: ServerSettings) -> uvicorn.Server | None:
-    config = uvicorn.Config(
-        HttpApp(server, settings.http_max_input_size),
-        host=settings.http_address,
-        port=settings.http_port,
-        http="httptools",
-        loop="none",
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        date_header=False,
-    )
-    config.load()
-    http = uvicorn.Server(config)
-    http.lifespan = config.lifespan_class(config)
+async def _start_http(server: InferenceServer, settings: ServerSettings) -> HttpListener | None:
+    app = HttpApp(server, settings.http_max_input_size)
+    # The connection layer drops bodies past this size as they arrive; the app then answers 400.
+    # Compressed bodies are smaller than what they decompress to, which the app bounds again.
+    listener = HttpListener(app.handle, settings.http_max_input_size)
     try:
-        await http.startup()
-    except SystemExit:
-        http.started = False
-    if not http.started:
-        message = f"failed to start the HTTP service on {settings.http_address}:{settings.http_port}"
+        port = await listener.start(settings.http_address, settings.http_port)
+    except OSError as exc:
+        message = f"failed to start the HTTP service on {settings.http_address}:{settings.http_port}: {exc.strerror}"
         logger.error("%s", message)
         print(f"error: {message}", file=sys.stderr)
         return None
-    logger.info("started HTTPService at %s:%d", settings.http_address, settings.http_port)
-    return http
+    logger.info("started HTTPService at %s:%d", settings.http_address, port)
+    return listener

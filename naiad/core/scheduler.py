@@ -21,6 +21,11 @@ from naiad.domain.tensors import InferenceRequest, InferenceResult
 # Below this, a libuv timer (millisecond resolution) would overshoot the delay: the batcher re-checks on each
 # loop iteration instead, which also lets requests already read from other connections join the batch.
 _TIMER_MIN_NS = 1_500_000
+# After this many waits in a row that gathered no request, the batcher stops waiting (the clients are sequential,
+# so the delay would only add latency); it waits again as soon as requests are seen queuing together, and
+# once every _PROBE_EVERY dispatches to notice a change in load.
+_USELESS_WAITS = 8
+_PROBE_EVERY = 64
 
 
 class Pending:
@@ -74,6 +79,10 @@ class Scheduler:
         self._delay_action = policy is not None and policy.timeout_action is TimeoutAction.DELAY
         self._preserve = batching.preserve_ordering if batching else False
         self._wakeup: asyncio.Handle | None = None
+        self._waiting_with = 0  # requests in the batch when the current wait began; 0 when not waiting
+        self._useless_waits = 0
+        self._skip_waits = False
+        self._dispatches = 0
         self._next_batch = 0
         self._next_delivery = 0
         self._finished: dict[int, list[tuple[Pending, InferenceResult | ServerError]]] = {}
@@ -141,11 +150,38 @@ class Scheduler:
         if total >= self._max_preferred:
             can_grow = False
         waited = time.monotonic_ns() - first.arrival
-        if can_grow and not preferred_taken and waited < self._delay_ns:
+        if can_grow and not preferred_taken and waited < self._delay_ns and self._should_wait(taken):
             self._schedule_wakeup(self._delay_ns - waited)
             return None
         count = preferred_taken if preferred_taken and waited < self._delay_ns else taken
+        self._judge_wait(count)
         return [queue.popleft() for _ in range(count)]
+
+    def _should_wait(self, taken: int) -> bool:
+        """Whether to hold a batch that can still grow for `max_queue_delay_microseconds`."""
+        if self._waiting_with:
+            return True
+        self._dispatches += 1
+        if taken > 1:  # requests are arriving together: waiting can gather more
+            self._skip_waits = False
+            self._useless_waits = 0
+        elif self._skip_waits and self._dispatches % _PROBE_EVERY:
+            return False
+        self._waiting_with = taken
+        return True
+
+    def _judge_wait(self, count: int) -> None:
+        """After a wait: remember whether it gathered anything."""
+        if not self._waiting_with:
+            return
+        if count > self._waiting_with:
+            self._useless_waits = 0
+            self._skip_waits = False
+        else:
+            self._useless_waits += 1
+            if self._useless_waits >= _USELESS_WAITS:
+                self._skip_waits = True
+        self._waiting_with = 0
 
     def _schedule_wakeup(self, remaining_ns: int) -> None:
         if self._wakeup is not None:

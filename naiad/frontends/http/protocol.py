@@ -1,0 +1,272 @@
+"""HTTP/1.1 connections on httptools: parsing, keep-alive, pipelining in order, 100-continue, body limits and
+back-pressure, handing each complete request to the application and writing its reply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+import httptools
+
+logger = logging.getLogger("naiad.http")
+
+_REASONS = {
+    100: b"Continue",
+    200: b"OK",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Payload Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    503: b"Service Unavailable",
+}
+_MAX_PIPELINED = 16
+
+
+class HttpRequest:
+    """One complete request: method, decoded path, headers (lower-case names) and the whole body."""
+
+    __slots__ = ("body", "body_size", "headers", "keep_alive", "method", "path")
+
+    def __init__(
+        self, method: str, path: str, headers: dict[bytes, bytes], body: bytes, body_size: int, keep_alive: bool
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.body_size = body_size
+        self.keep_alive = keep_alive
+
+    @property
+    def body_too_large(self) -> bool:
+        """The body went past the listener's limit and was dropped while it arrived."""
+        return self.body_size > len(self.body)
+
+
+class HttpReply:
+    """What the application answers: status, content type, extra headers and body."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: bytes = b"application/json",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+
+
+Handler = Callable[[HttpRequest], Awaitable[HttpReply]]
+
+
+class ConnectionState:
+    """What every connection of one listener shares: the handler, the body limit and the open connections."""
+
+    def __init__(self, handler: Handler, max_body: int) -> None:
+        self.handler = handler
+        self.max_body = max_body
+        self.connections: set[HttpProtocol] = set()
+        self.closing = False
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, state: ConnectionState) -> None:
+        self._state = state
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._pending: deque[HttpRequest] = deque()
+        self._busy = False
+        self._reading_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._state.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._state.connections.discard(self)
+        self._pending.clear()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(b"protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._refuse(f"invalid HTTP request: {exc}".encode())
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        expect = self._headers.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue" and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._state.max_body:
+            self._body = []  # dropped as it arrives; the application answers 400 with the size
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        request = HttpRequest(
+            self._parser.get_method().decode("ascii", "replace"),
+            _path(self._url),
+            self._headers,
+            body,
+            self._body_size,
+            self._parser.should_keep_alive(),
+        )
+        if self._busy:
+            self._pending.append(request)
+            if len(self._pending) >= _MAX_PIPELINED and self._transport is not None:
+                self._transport.pause_reading()
+                self._reading_paused = True
+            return
+        self._busy = True
+        self._loop.create_task(self._serve(request))
+
+    # serving
+
+    async def _serve(self, first: HttpRequest) -> None:
+        request: HttpRequest | None = first
+        while request is not None and not self._closed:
+            try:
+                reply = await self._state.handler(request)
+            except Exception:  # the handler maps its own errors; this is a bug, not a client's fault
+                logger.exception("unexpected failure serving %s %s", request.method, request.path)
+                reply = HttpReply(500, b'{"error":"internal server error"}')
+            if self._closed:
+                return
+            keep_alive = request.keep_alive and not self._state.closing
+            self._write(reply, keep_alive, request.method == "HEAD")
+            if not keep_alive:
+                self._close()
+                return
+            if self._writable is not None and not self._writable.done():
+                await self._writable
+            request = self._pending.popleft() if self._pending else None
+            if self._reading_paused and len(self._pending) < _MAX_PIPELINED // 2 and self._transport is not None:
+                self._transport.resume_reading()
+                self._reading_paused = False
+        self._busy = False
+        if self._state.closing:
+            self._close()
+
+    def _write(self, reply: HttpReply, keep_alive: bool, head: bool) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        reason = _REASONS.get(reply.status, b"Unknown")
+        lines = [
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+            % (reply.status, reason, reply.content_type, len(reply.body))
+        ]
+        if reply.headers:
+            lines.extend(b"%s: %s\r\n" % pair for pair in reply.headers)
+        if not keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        if not head:
+            lines.append(reply.body)
+        transport.write(b"".join(lines))
+
+    def _refuse(self, message: bytes) -> None:
+        body = b'{"error":"%s"}' % message.replace(b'"', b"'")
+        self._write(HttpReply(400, body), keep_alive=False, head=False)
+        self._close()
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def close_when_idle(self) -> None:
+        """Close now if no request is being served; otherwise after the current reply."""
+        if not self._busy:
+            self._close()
+
+
+def _path(url: bytes) -> str:
+    path = url.split(b"?", 1)[0]
+    if path[:1] != b"/" and b"://" in path:  # absolute-form request target
+        path = httptools.parse_url(url).path or b"/"
+    text = path.decode("latin-1")
+    return unquote(text) if "%" in text else text
+
+
+class HttpListener:
+    """A listening socket and its connections, with an orderly close."""
+
+    def __init__(self, handler: Handler, max_body: int) -> None:
+        self._state = ConnectionState(handler, max_body)
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port; the port actually bound (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpProtocol(self._state), host, port, reuse_address=True, backlog=2048
+        )
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; open connections go on being served."""
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self, timeout: float) -> None:
+        """Close idle connections now and busy ones after their reply, waiting up to `timeout` seconds."""
+        self.stop_accepting()
+        self._state.closing = True
+        for connection in list(self._state.connections):
+            connection.close_when_idle()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._state.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)

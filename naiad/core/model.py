@@ -13,7 +13,7 @@ from naiad.core.repository import ModelSource
 from naiad.core.scheduler import Scheduler
 from naiad.core.stats import ModelStats
 from naiad.core.validation import RequestChecker
-from naiad.domain.errors import ServerError
+from naiad.domain.errors import ServerError, unavailable
 from naiad.domain.model_config import ModelConfig
 
 
@@ -27,6 +27,15 @@ class ModelState(enum.Enum):
     UNLOADING = "UNLOADING"
 
 
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """What a READY version serves requests with."""
+
+    checker: RequestChecker
+    shaper: OutputShaper
+    scheduler: Scheduler
+
+
 @dataclass(slots=True)
 class ModelVersion:
     """One version of a model, from loading to unloading."""
@@ -37,15 +46,26 @@ class ModelVersion:
     stats: ModelStats
     state: ModelState = ModelState.LOADING
     reason: str = ""
-    checker: RequestChecker | None = None
-    shaper: OutputShaper | None = None
-    scheduler: Scheduler | None = None
     runners: tuple[InstanceRunner, ...] = ()
+    _serving: Serving | None = None
 
     @property
     def name(self) -> str:
         """The model's name."""
         return self.config.name
+
+    @property
+    def label(self) -> str:
+        """The version as responses name it."""
+        return str(self.version)
+
+    @property
+    def serving(self) -> Serving:
+        """The checker, shaper and scheduler of a READY version."""
+        serving = self._serving
+        if serving is None:
+            raise unavailable(f"Request for unknown model: '{self.name}' version {self.version} is not at ready state")
+        return serving
 
     async def load(self, backend: Backend, caller: ModelCaller, loop: asyncio.AbstractEventLoop) -> None:
         """Load every instance; on failure the version is UNAVAILABLE with the reason, and nothing is left running."""
@@ -70,8 +90,8 @@ class ModelVersion:
         try:
             if failure is not None:
                 raise failure
-            self.checker = RequestChecker(config)
-            self.shaper = OutputShaper(config, self.source.path)
+            checker = RequestChecker(config)
+            shaper = OutputShaper(config, self.source.path)
         except BaseException as exc:
             for runner, outcome in zip(runners, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
@@ -82,7 +102,8 @@ class ModelVersion:
             self.reason = _reason(exc, self.name, self.version)
             return
         self.runners = tuple(runners)
-        self.scheduler = Scheduler(runners, self.stats, config.max_batch_size, config.dynamic_batching, loop)
+        scheduler = Scheduler(runners, self.stats, config.max_batch_size, config.dynamic_batching, loop)
+        self._serving = Serving(checker, shaper, scheduler)
         self.state = ModelState.READY
 
     async def unload(self) -> None:
@@ -90,7 +111,7 @@ class ModelVersion:
         self.state = ModelState.UNLOADING
         await asyncio.gather(*(runner.unload() for runner in self.runners))
         self.runners = ()
-        self.scheduler = None
+        self._serving = None
         self.state = ModelState.UNAVAILABLE
         self.reason = "unloaded"
 

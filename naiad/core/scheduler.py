@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from naiad.core.instances import InstanceRunner, Outcome
 from naiad.core.stats import ModelStats
@@ -28,25 +28,28 @@ _USELESS_WAITS = 8
 _PROBE_EVERY = 64
 
 
+Done = Callable[[InferenceResult | ServerError], None]
+
+
 class Pending:
-    """A queued request and the future its caller awaits."""
+    """A queued request and the callback that takes its result."""
 
-    __slots__ = ("arrival", "batch_size", "future", "key", "request", "timer")
+    __slots__ = ("arrival", "batch_size", "done", "key", "request", "timer")
 
-    def __init__(
-        self,
-        request: InferenceRequest,
-        batch_size: int,
-        key: Hashable,
-        future: asyncio.Future[InferenceResult],
-        arrival: int,
-    ) -> None:
+    def __init__(self, request: InferenceRequest, batch_size: int, key: Hashable, done: Done, arrival: int) -> None:
         self.request = request
         self.batch_size = batch_size
         self.key = key
-        self.future = future
+        self.done: Done | None = done
         self.arrival = arrival
         self.timer: asyncio.TimerHandle | None = None
+
+    def finish(self, result: InferenceResult | ServerError) -> None:
+        """Hand the result to the caller, once."""
+        done = self.done
+        if done is not None:
+            self.done = None
+            done(result)
 
 
 class Scheduler:
@@ -92,12 +95,11 @@ class Scheduler:
         """Requests waiting for an instance."""
         return len(self._queue) + len(self._delayed)
 
-    def submit(self, request: InferenceRequest, batch_size: int, key: Hashable) -> asyncio.Future[InferenceResult]:
-        """Queue a checked request; the future resolves to its result or raises its `ServerError`."""
+    def submit(self, request: InferenceRequest, batch_size: int, key: Hashable, done: Done) -> None:
+        """Queue a checked request; `done` is later called on the loop with its result or `ServerError`."""
         if self._max_queue and len(self._queue) + len(self._delayed) >= self._max_queue:
             raise unavailable("Exceeds maximum queue size")
-        future: asyncio.Future[InferenceResult] = self._loop.create_future()
-        pending = Pending(request, batch_size, key, future, time.monotonic_ns())
+        pending = Pending(request, batch_size, key, done, time.monotonic_ns())
         timeout = self._timeout_ns
         if self._allow_override:
             requested = request.parameters.get("timeout")
@@ -108,7 +110,6 @@ class Scheduler:
         self._queue.append(pending)
         if self._idle:
             self._dispatch()
-        return future
 
     def _expire(self, pending: Pending) -> None:
         pending.timer = None
@@ -118,8 +119,8 @@ class Scheduler:
             return
         if self._delay_action:
             self._delayed.append(pending)
-        elif not pending.future.done():
-            pending.future.set_exception(unavailable("Request timeout expired"))
+        else:
+            pending.finish(unavailable("Request timeout expired"))
 
     def _dispatch(self) -> None:
         self._wakeup = None
@@ -228,10 +229,4 @@ class Scheduler:
 
 def _deliver(pairs: list[tuple[Pending, InferenceResult | ServerError]]) -> None:
     for pending, result in pairs:
-        future = pending.future
-        if future.done():
-            continue
-        if isinstance(result, ServerError):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+        pending.finish(result)

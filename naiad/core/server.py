@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from naiad import __version__
@@ -14,7 +14,9 @@ from naiad.core.lifecycle import ModelManager
 from naiad.core.repository import discover
 from naiad.domain.errors import ServerError, unavailable
 from naiad.domain.model_config import ModelConfig
-from naiad.domain.tensors import InferenceRequest, InferenceResponse
+from naiad.domain.tensors import InferenceRequest, InferenceResponse, InferenceResult
+
+ResponseDone = Callable[[InferenceResponse | ServerError], None]
 
 # Extensions that work end to end; server metadata lists only these.
 EXTENSIONS = (
@@ -96,27 +98,55 @@ class InferenceServer:
 
     # Inference
 
-    async def infer(self, name: str, version: str, request: InferenceRequest) -> InferenceResponse:
-        """Run one request through the model's scheduler; raises `ServerError` on any failure."""
+    def submit(self, name: str, version: str, request: InferenceRequest, done: ResponseDone) -> None:
+        """Start one request; `done` is called on the loop with the response or the `ServerError`.
+
+        Errors found before the request is queued (unknown model, invalid input, full queue) are raised."""
         if self._unloading:
             raise unavailable("Server exiting")
         model = self._manager.get(name, version)
+        serving = model.serving
+        checked, batch, key = serving.checker.check(request)
         stats = model.stats
         start = time.monotonic_ns()
-        checked, batch, key = model.checker.check(request)  # type: ignore[union-attr]
-        self._in_flight += 1
-        try:  # as Triton, requests refused by validation are not counted as failures
-            result = await model.scheduler.submit(checked, batch, key)  # type: ignore[union-attr]
-            outputs = model.shaper.shape(request, result)  # type: ignore[union-attr]
-        except ServerError:
-            stats.fail.add(time.monotonic_ns() - start)
-            raise
-        finally:
+
+        def finished(result: InferenceResult | ServerError) -> None:
             self._in_flight -= 1
             if self._drained is not None and self._in_flight == 0:
                 self._drained.set()
-        stats.success.add(time.monotonic_ns() - start)
-        return InferenceResponse(name, str(model.version), request.id, outputs, result.parameters)
+            if not isinstance(result, ServerError):
+                try:
+                    outputs = serving.shaper.shape(request, result)
+                except ServerError as exc:
+                    result = exc
+                else:
+                    stats.success.add(time.monotonic_ns() - start)
+                    done(InferenceResponse(name, model.label, request.id, outputs, result.parameters))
+                    return
+            stats.fail.add(time.monotonic_ns() - start)  # as Triton: only requests the model saw count
+            done(result)
+
+        self._in_flight += 1
+        try:
+            serving.scheduler.submit(checked, batch, key, finished)
+        except ServerError:
+            self._in_flight -= 1
+            raise
+
+    async def infer(self, name: str, version: str, request: InferenceRequest) -> InferenceResponse:
+        """Run one request and wait for its response; raises `ServerError` on any failure."""
+        future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: InferenceResponse | ServerError) -> None:
+            if future.done():
+                return
+            if isinstance(outcome, ServerError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        self.submit(name, version, request, done)
+        return await future
 
     # Statistics and repository
 

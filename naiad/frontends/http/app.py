@@ -9,10 +9,11 @@ import orjson
 
 from naiad.core.server import InferenceServer
 from naiad.domain.errors import ErrorCode, ServerError, invalid, not_found
+from naiad.domain.tensors import InferenceResponse
 from naiad.frontends.http import codec
 from naiad.frontends.http.compression import MIN_COMPRESSED_SIZE, choose_encoding, compress, decompress
 from naiad.frontends.http.errors import status_of
-from naiad.frontends.http.protocol import HttpReply, HttpRequest
+from naiad.frontends.http.protocol import HttpReply, HttpRequest, Respond
 
 logger = logging.getLogger("naiad.http")
 
@@ -34,21 +35,17 @@ class HttpApp:
         self.server = server
         self.max_input_size = max_input_size
 
-    async def handle(self, request: HttpRequest) -> HttpReply:
-        """Answer one request; every failure becomes Triton's `{"error": ...}` with its status."""
+    def handle(self, request: HttpRequest, respond: Respond) -> None:
+        """Answer one request through `respond`, now or when its inference is done; every failure becomes
+        Triton's `{"error": ...}` with its status."""
         try:
-            reply = await self._route(request, request.path)
+            reply = self._route(request, request.path, respond)
         except ServerError as exc:
-            reply = HttpReply(status_of(exc.code), orjson.dumps({"error": exc.message}))
+            reply = _error(exc)
         except MethodNotAllowedError as exc:
             reply = HttpReply(405, b'{"error":"Method Not Allowed"}', headers=[(b"allow", exc.allowed)])
-        accept = request.headers.get(b"accept-encoding")
-        if accept is not None and len(reply.body) >= MIN_COMPRESSED_SIZE:
-            encoding = choose_encoding(accept.decode("latin-1"))
-            if encoding:
-                reply.body = compress(reply.body, encoding)
-                reply.headers = [*(reply.headers or ()), (b"content-encoding", encoding.encode())]
-        return reply
+        if reply is not None:
+            respond(_compressed(request, reply))
 
     def body(self, request: HttpRequest) -> bytes:
         """The request body, decompressed, refused beyond --http-max-input-size."""
@@ -63,7 +60,7 @@ class HttpApp:
             return request.body
         return decompress(request.body, encoding.decode("latin-1").strip().lower(), limit)
 
-    async def _route(self, request: HttpRequest, path: str) -> HttpReply:
+    def _route(self, request: HttpRequest, path: str, respond: Respond) -> HttpReply | None:
         parts = path.rstrip("/").split("/")
         if len(parts) < 2 or parts[0] or parts[1] != "v2":
             raise not_found("Not Found")
@@ -72,18 +69,18 @@ class HttpApp:
             return HttpReply(200, codec.dumps(self.server.metadata()))
         section = parts[2]
         if section == "models":
-            return await self._model_route(request, parts[3:])
+            return self._model_route(request, parts[3:], respond)
         if section == "health" and len(parts) == 4 and parts[3] in ("live", "ready"):
             _allow(request, "GET")
             ok = self.server.live if parts[3] == "live" else self.server.ready
             return HttpReply(200 if ok else 400, content_type=_TEXT)
         if section == "repository":
-            return await self._repository_route(request, parts[3:])
+            return self._repository_route(request, parts[3:])
         if section in _UNSUPPORTED:
             raise ServerError(ErrorCode.UNSUPPORTED, _UNSUPPORTED[section])
         raise not_found("Not Found")
 
-    async def _model_route(self, request: HttpRequest, rest: list[str]) -> HttpReply:
+    def _model_route(self, request: HttpRequest, rest: list[str], respond: Respond) -> HttpReply | None:
         if rest == ["stats"]:
             _allow(request, "GET")
             return HttpReply(200, codec.dumps(self.server.statistics("", "")))
@@ -107,7 +104,8 @@ class HttpApp:
         verb = action[0]
         if verb == "infer":
             _allow(request, "POST")
-            return await self._infer(request, name, version)
+            self._infer(request, name, version, respond)
+            return None
         _allow(request, "GET")
         if verb == "ready":
             return HttpReply(200 if self.server.model_ready(name, version) else 400, content_type=_TEXT)
@@ -115,20 +113,33 @@ class HttpApp:
             return HttpReply(200, codec.dumps(self.server.model_config(name, version)))
         return HttpReply(200, codec.dumps(self.server.statistics(name, version)))
 
-    async def _infer(self, request: HttpRequest, name: str, version: str) -> HttpReply:
+    def _infer(self, request: HttpRequest, name: str, version: str, respond: Respond) -> None:
         header_length = _header_length(request)
         body = self.body(request)
         if header_length == 0:
             decoded = codec.decode_raw_binary(body, self.server.model_settings(name, version))
         else:
             decoded = codec.decode_request(body, header_length, name)
-        response = await self.server.infer(name, version, decoded.request)
-        payload, json_length = codec.encode_response(response, decoded)
-        if json_length is None:
-            return HttpReply(200, payload)
-        return HttpReply(200, payload, _OCTET, [(b"inference-header-content-length", str(json_length).encode())])
 
-    async def _repository_route(self, request: HttpRequest, rest: list[str]) -> HttpReply:
+        def done(outcome: InferenceResponse | ServerError) -> None:
+            if isinstance(outcome, ServerError):
+                reply = _error(outcome)
+            else:
+                try:
+                    payload, json_length = codec.encode_response(outcome, decoded)
+                except ServerError as exc:
+                    reply = _error(exc)
+                else:
+                    if json_length is None:
+                        reply = HttpReply(200, payload)
+                    else:
+                        length = str(json_length).encode()
+                        reply = HttpReply(200, payload, _OCTET, [(b"inference-header-content-length", length)])
+            respond(_compressed(request, reply))
+
+        self.server.submit(name, version, decoded.request, done)
+
+    def _repository_route(self, request: HttpRequest, rest: list[str]) -> HttpReply:
         if rest and rest[0] not in ("index", "models"):
             rest = rest[1:]  # /v2/repository/{repository}/...: naiad serves one namespace of models
         if rest == ["index"]:
@@ -156,6 +167,21 @@ class MethodNotAllowedError(Exception):
     def __init__(self, allowed: str) -> None:
         super().__init__(allowed)
         self.allowed = allowed.encode()
+
+
+def _error(exc: ServerError) -> HttpReply:
+    return HttpReply(status_of(exc.code), orjson.dumps({"error": exc.message}))
+
+
+def _compressed(request: HttpRequest, reply: HttpReply) -> HttpReply:
+    """The reply gzip- or deflate-encoded when the client accepts it and the body is worth it."""
+    accept = request.headers.get(b"accept-encoding")
+    if accept is not None and len(reply.body) >= MIN_COMPRESSED_SIZE:
+        encoding = choose_encoding(accept.decode("latin-1"))
+        if encoding:
+            reply.body = compress(reply.body, encoding)
+            reply.headers = [*(reply.headers or ()), (b"content-encoding", encoding.encode())]
+    return reply
 
 
 def _header_length(request: HttpRequest) -> int | None:

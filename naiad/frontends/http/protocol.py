@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from urllib.parse import unquote
 
 import httptools
@@ -67,7 +67,9 @@ class HttpReply:
         self.headers = headers
 
 
-Handler = Callable[[HttpRequest], Awaitable[HttpReply]]
+Respond = Callable[[HttpReply], None]
+# The application answers a request by calling `respond` exactly once, at once or later on the loop.
+Handler = Callable[[HttpRequest, Respond], None]
 
 
 class ConnectionState:
@@ -93,9 +95,9 @@ class HttpProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._pending: deque[HttpRequest] = deque()
-        self._busy = False
+        self._current: HttpRequest | None = None
         self._reading_paused = False
-        self._writable: asyncio.Future[None] | None = None
+        self._writing_paused = False
         self._closed = False
 
     # asyncio.Protocol
@@ -108,8 +110,6 @@ class HttpProtocol(asyncio.Protocol):
         self._closed = True
         self._state.connections.discard(self)
         self._pending.clear()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -120,12 +120,12 @@ class HttpProtocol(asyncio.Protocol):
             self._refuse(f"invalid HTTP request: {exc}".encode())
 
     def pause_writing(self) -> None:
-        if self._writable is None or self._writable.done():
-            self._writable = self._loop.create_future()
+        self._writing_paused = True
 
     def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
+        self._writing_paused = False
+        if self._current is None and self._pending:
+            self._start(self._pending.popleft())
 
     # httptools callbacks
 
@@ -163,41 +163,44 @@ class HttpProtocol(asyncio.Protocol):
             self._body_size,
             self._parser.should_keep_alive(),
         )
-        if self._busy:
+        if self._current is not None or self._writing_paused:
             self._pending.append(request)
             if len(self._pending) >= _MAX_PIPELINED and self._transport is not None:
                 self._transport.pause_reading()
                 self._reading_paused = True
             return
-        self._busy = True
-        self._loop.create_task(self._serve(request))
+        self._start(request)
 
     # serving
 
-    async def _serve(self, first: HttpRequest) -> None:
-        request: HttpRequest | None = first
-        while request is not None and not self._closed:
-            try:
-                reply = await self._state.handler(request)
-            except Exception:  # the handler maps its own errors; this is a bug, not a client's fault
-                logger.exception("unexpected failure serving %s %s", request.method, request.path)
-                reply = HttpReply(500, b'{"error":"internal server error"}')
-            if self._closed:
-                return
-            keep_alive = request.keep_alive and not self._state.closing
-            self._write(reply, keep_alive, request.method == "HEAD")
-            if not keep_alive:
-                self._close()
-                return
-            if self._writable is not None and not self._writable.done():
-                await self._writable
-            request = self._pending.popleft() if self._pending else None
-            if self._reading_paused and len(self._pending) < _MAX_PIPELINED // 2 and self._transport is not None:
-                self._transport.resume_reading()
-                self._reading_paused = False
-        self._busy = False
-        if self._state.closing:
+    def _start(self, request: HttpRequest) -> None:
+        self._current = request
+        try:
+            self._state.handler(request, self._respond)
+        except Exception:  # the handler maps its own errors; this is a bug, not a client's fault
+            logger.exception("unexpected failure serving %s %s", request.method, request.path)
+            if self._current is request:
+                self._respond(HttpReply(500, b'{"error":"internal server error"}'))
+
+    def _respond(self, reply: HttpReply) -> None:
+        request = self._current
+        if request is None or self._closed:
+            return
+        self._current = None
+        keep_alive = request.keep_alive and not self._state.closing
+        self._write(reply, keep_alive, request.method == "HEAD")
+        if not keep_alive:
             self._close()
+            return
+        if self._reading_paused and len(self._pending) < _MAX_PIPELINED // 2 and self._transport is not None:
+            self._transport.resume_reading()
+            self._reading_paused = False
+        if self._pending and not self._writing_paused:
+            self._loop.call_soon(self._next)
+
+    def _next(self) -> None:
+        if self._current is None and self._pending and not self._closed:
+            self._start(self._pending.popleft())
 
     def _write(self, reply: HttpReply, keep_alive: bool, head: bool) -> None:
         transport = self._transport
@@ -228,7 +231,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def close_when_idle(self) -> None:
         """Close now if no request is being served; otherwise after the current reply."""
-        if not self._busy:
+        if self._current is None:
             self._close()
 
 

@@ -63,6 +63,20 @@ def request(value: int) -> InferenceRequest:
     return InferenceRequest((Tensor("INPUT0", "INT32", (1, 1), data),))
 
 
+def submit(scheduler: Scheduler, value: int, key: tuple[str, ...]) -> asyncio.Future[InferenceResult]:
+    """The scheduler's result for one request, as a future."""
+    future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
+
+    def done(result: InferenceResult | ServerError) -> None:
+        if isinstance(result, ServerError):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    scheduler.submit(request(value), 1, key, done)
+    return future
+
+
 async def make(batching: str, backend: EchoBackend) -> tuple[Scheduler, ModelStats, InstanceRunner]:
     raw = {
         "backend": "python",
@@ -86,9 +100,9 @@ def test_requests_queued_while_busy_form_one_batch() -> None:
         backend = EchoBackend()
         scheduler, stats, runner = await make("dynamic_batching { }", backend)
         backend.gate.clear()
-        first = scheduler.submit(request(0), 1, ("k",))
+        first = submit(scheduler, 0, ("k",))
         await asyncio.sleep(0.05)  # the first request is executing and held at the gate
-        rest = [scheduler.submit(request(i), 1, ("k",)) for i in range(1, 6)]
+        rest = [submit(scheduler, i, ("k",)) for i in range(1, 6)]
         backend.gate.set()
         results = await asyncio.gather(first, *rest)
         assert [int(r.outputs[0].data[0, 0]) for r in results] == list(range(6))
@@ -105,9 +119,9 @@ def test_incompatible_shapes_are_not_merged() -> None:
         backend = EchoBackend()
         scheduler, _, runner = await make("dynamic_batching { }", backend)
         backend.gate.clear()
-        first = scheduler.submit(request(0), 1, ("a",))
+        first = submit(scheduler, 0, ("a",))
         await asyncio.sleep(0.05)
-        others = [scheduler.submit(request(i), 1, ("a",) if i % 2 else ("b",)) for i in range(1, 5)]
+        others = [submit(scheduler, i, ("a",) if i % 2 else ("b",)) for i in range(1, 5)]
         backend.gate.set()
         await asyncio.gather(first, *others)
         assert backend.executions == [1, 1, 1, 1, 1]  # a, b, a, b alternate: no two neighbours agree
@@ -122,9 +136,7 @@ def test_preferred_size_sends_without_waiting_for_the_delay() -> None:
         scheduler, _, runner = await make(
             "dynamic_batching { preferred_batch_size: [3] max_queue_delay_microseconds: 5000000 }", backend
         )
-        results = await asyncio.wait_for(
-            asyncio.gather(*(scheduler.submit(request(i), 1, ("k",)) for i in range(3))), timeout=2
-        )
+        results = await asyncio.wait_for(asyncio.gather(*(submit(scheduler, i, ("k",)) for i in range(3))), timeout=2)
         assert len(results) == 3 and backend.executions == [3]
         await runner.unload()
 
@@ -140,15 +152,15 @@ def test_queue_delay_is_dropped_while_waiting_gathers_nothing_and_restored_under
         waits = []
         for i in range(12):  # a sequential client: each wait for company is in vain
             before = stats.queue.ns
-            await scheduler.submit(request(i), 1, ("k",))
+            await submit(scheduler, i, ("k",))
             waits.append(stats.queue.ns - before)
         assert all(wait >= DELAY_US * 1000 for wait in waits[:8])
         assert all(wait < DELAY_US * 1000 for wait in waits[8:])
         # concurrent requests: the batcher waits again and gathers them
         backend.gate.clear()
-        blocker = scheduler.submit(request(100), 1, ("k",))
+        blocker = submit(scheduler, 100, ("k",))
         await asyncio.sleep(0.05)
-        burst = [scheduler.submit(request(i), 1, ("k",)) for i in range(4)]
+        burst = [submit(scheduler, i, ("k",)) for i in range(4)]
         backend.gate.set()
         await asyncio.gather(blocker, *burst)
         assert backend.executions[-1] == 4

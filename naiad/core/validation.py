@@ -74,7 +74,7 @@ class RequestChecker:
             request = self._reshaped(request)
         key: Hashable = None
         if self._batching:
-            key = tuple((tensor.name, tensor.shape[1:]) for tensor in inputs)
+            key = tuple([(tensor.name, tensor.shape[1:]) for tensor in inputs])
         return request, batch, key
 
     def _check_outputs(self, request: InferenceRequest) -> None:
@@ -124,9 +124,14 @@ class RequestChecker:
 
 
 def _matches(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
+    if shape == dims:
+        return True
     if len(shape) != len(dims):
         return False
-    return all(want == -1 or got == want for got, want in zip(shape, dims, strict=True))
+    for got, want in zip(shape, dims, strict=True):  # noqa: SIM110 - a plain loop: all() + generator costs more here
+        if got != want and want != -1:
+            return False
+    return True
 
 
 def _dims(values: list[int]) -> str:

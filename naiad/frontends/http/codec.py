@@ -122,26 +122,40 @@ def decode_raw_binary(body: bytes, config: ModelConfig) -> DecodedRequest:
     return DecodedRequest(InferenceRequest((tensor,)), True, {})
 
 
+_FLOATS = frozenset({"FP32", "FP64", "FP16"})
+
+
 def _decode_input(item: Any, binary: bytes | memoryview, offset: int, model: str) -> tuple[Tensor, int]:
-    if not isinstance(item, dict):
+    if type(item) is not dict:
         raise invalid("Unable to parse 'inputs': each input must be a JSON object")
     name = item.get("name")
-    if not isinstance(name, str):
+    if type(name) is not str:
         raise invalid("Unable to parse 'name': each input needs a string 'name'")
     datatype = item.get("datatype")
-    if not isinstance(datatype, str):
+    if type(datatype) is not str:
         raise invalid(f"Unable to parse 'datatype' of input '{name}'")
     if datatype not in datatypes.DATATYPES:
         raise invalid(f"invalid datatype '{datatype}' of input '{name}' for model '{model}'")
     shape = item.get("shape")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+    count = 1
+    if type(shape) is list:
+        for dim in shape:
+            if type(dim) is not int or dim < 0:
+                shape = None
+                break
+            count *= dim
+    if type(shape) is not list:
         raise invalid(
             f"Unable to parse 'shape' of input '{name}': expected an array of non-negative integers, got "
-            f"{orjson.dumps(shape).decode()}"
+            f"{orjson.dumps(item.get('shape')).decode()}"
         )
-    parameters = _parameters(item.get("parameters"), f"input '{name}'")
-    what = f"input '{name}' for model '{model}'"
-    size = parameters.get("binary_data_size")
+    parameters = item.get("parameters")
+    if parameters is None:
+        parameters = NO_PARAMETERS
+        size = None
+    else:
+        parameters = _parameters(parameters, f"input '{name}'")
+        size = parameters.get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0:
             raise invalid(f"'binary_data_size' of input '{name}' must be a non-negative integer")
@@ -152,45 +166,49 @@ def _decode_input(item: Any, binary: bytes | memoryview, offset: int, model: str
                 f"unexpected size for input '{name}', expecting {offset + size - len(binary)} additional bytes "
                 f"for model '{model}'"
             )
+        what = f"input '{name}' for model '{model}'"
         data = datatypes.from_raw(datatype, shape, binary[offset : offset + size], what)
         return Tensor(name, datatype, tuple(shape), data, parameters), offset + size
-    if "data" not in item:
+    values = item.get("data")
+    if values is None:
         raise invalid(
             f"input '{name}' has no 'data'; binary inputs need the 'binary_data_size' parameter and the "
             "Inference-Header-Content-Length header"
         )
-    data = _from_json(item["data"], datatype, shape, what)
-    return Tensor(name, datatype, tuple(shape), data, parameters), offset
-
-
-def _from_json(values: Any, datatype: str, shape: list[int], what: str) -> np.ndarray:
-    count = datatypes.element_count(shape)
-    if datatype == "BYTES":
-        array = _bytes_from_json(values, what)
-    else:
-        target = datatypes.numpy_dtype(datatype)
+    if datatype in _FLOATS:  # the common case, kept short
         try:
-            if datatype in ("FP32", "FP64", "FP16"):
-                array = np.array(values, dtype=target)
-            else:
-                array = np.array(values)
-                if array.dtype.kind in "fO" and target.kind in "iu" and _all_ints(values):
-                    array = np.array(values, dtype=target)  # integers beyond int64, which numpy widened to float
-                if array.size and not _kind_fits(array.dtype.kind, datatype):
-                    raise invalid(f"Unable to parse 'data' of {what}: expected {datatype} values")
-                if datatype == "BF16":
-                    array = datatypes.bf16_from_floats(array.astype(np.float32))
-                elif array.dtype != target:
-                    if array.dtype.kind in _INT_KINDS and array.size:
-                        _check_range(array, target, what)
-                    array = array.astype(target)
+            data = np.array(values, dtype=datatypes.numpy_dtype(datatype))
         except (ValueError, TypeError, OverflowError) as exc:
-            raise invalid(f"Unable to parse 'data' of {what}: {_first_line(exc)}") from None
-    if array.size != count:
+            raise invalid(f"Unable to parse 'data' of input '{name}' for model '{model}': {_first_line(exc)}") from None
+    else:
+        data = _from_json(values, datatype, f"input '{name}' for model '{model}'")
+    if data.size != count:
         raise invalid(
-            f"unexpected number of elements in 'data' of {what}: shape {list(shape)} needs {count}, got {array.size}"
+            f"unexpected number of elements in 'data' of input '{name}' for model '{model}': shape {shape} needs "
+            f"{count}, got {data.size}"
         )
-    return array.reshape(shape)
+    return Tensor(name, datatype, tuple(shape), data.reshape(shape), parameters), offset
+
+
+def _from_json(values: Any, datatype: str, what: str) -> np.ndarray:
+    if datatype == "BYTES":
+        return _bytes_from_json(values, what)
+    target = datatypes.numpy_dtype(datatype)
+    try:
+        array = np.array(values)
+        if array.dtype.kind in "fO" and target.kind in "iu" and _all_ints(values):
+            array = np.array(values, dtype=target)  # integers beyond int64, which numpy widened to float
+        if array.size and not _kind_fits(array.dtype.kind, datatype):
+            raise invalid(f"Unable to parse 'data' of {what}: expected {datatype} values")
+        if datatype == "BF16":
+            return datatypes.bf16_from_floats(array.astype(np.float32))
+        if array.dtype != target:
+            if array.dtype.kind in _INT_KINDS and array.size:
+                _check_range(array, target, what)
+            array = array.astype(target)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise invalid(f"Unable to parse 'data' of {what}: {_first_line(exc)}") from None
+    return array
 
 
 def _kind_fits(kind: str, datatype: str) -> bool:

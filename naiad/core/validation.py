@@ -116,9 +116,9 @@ class RequestChecker:
         total = len(self._inputs)
         required = len(self._required)
         got = [name for name in self._inputs if name in seen]
-        expected = f"{required}" if required == total else f"number of inputs between {required} and {total}"
+        expected = f"{required} inputs" if required == total else f"number of inputs between {required} and {total}"
         return (
-            f"expected {expected} inputs but got {len(seen)} inputs for model '{self._model}'. "
+            f"expected {expected} but got {len(seen)} inputs for model '{self._model}'. "
             f"Got input(s) {got}, but missing required input(s) {missing}. Please provide all required input(s)."
         )
 

@@ -274,9 +274,9 @@ def encode_response(response: InferenceResponse, decoded: DecodedRequest) -> tup
         else:
             entry["data"] = _to_json(tensor, response.model_name)
         outputs.append(entry)
-    document: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
-    if response.id:
-        document["id"] = response.id
+    document: dict[str, Any] = {"id": response.id} if response.id else {}  # first, as Triton writes it
+    document["model_name"] = response.model_name
+    document["model_version"] = response.model_version
     if response.parameters:
         document["parameters"] = dict(response.parameters)
     document["outputs"] = outputs

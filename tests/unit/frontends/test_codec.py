@@ -111,6 +111,7 @@ def test_json_and_binary_outputs() -> None:
     payload, length = codec.encode_response(response, decoded)
     assert length is not None
     header = json.loads(payload[:length])
+    assert list(header)[:3] == ["id", "model_name", "model_version"]  # Triton's order
     assert header["id"] == "id7" and header["parameters"] == {"p": True}
     assert header["outputs"][0] == {
         "name": "A",

@@ -169,3 +169,26 @@ def test_help_lists_tritonserver_flags() -> None:
     assert result.returncode == 0
     for flag in ("--model-repository", "--http-port", "--exit-on-error", "--strict-readiness", "--log-verbose"):
         assert flag in result.stdout
+
+
+def test_several_repositories_and_a_name_found_twice(tmp_path: Path, naiad: ServerFactory) -> None:
+    first, second = tmp_path / "one", tmp_path / "two"
+    models.write_model(first, "add_sub", models.add_sub_config(), models.ADD_SUB)
+    models.write_model(first, "twice", models.identity_config("twice", "TYPE_INT32"), models.IDENTITY)
+    models.write_model(second, "echo", models.identity_config("echo", "TYPE_INT32"), models.IDENTITY)
+    models.write_model(second, "twice", models.identity_config("twice", "TYPE_INT32"), models.IDENTITY)
+    log_file = tmp_path / "naiad.log"
+    server = naiad.start(
+        first, f"--model-repository={second}", "--exit-on-error=false", f"--log-file={log_file}", wait_ready=False
+    )
+    index = {entry["name"]: entry for entry in requests.post(server.url + "/v2/repository/index").json()}
+    assert index["add_sub"]["state"] == "READY" and index["echo"]["state"] == "READY"
+    assert index["twice"] == {
+        "name": "twice",
+        "state": "UNAVAILABLE",
+        "reason": "model appears in two or more repositories",
+    }
+    body = {"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "INT32", "data": [3]}]}
+    assert requests.post(server.url + "/v2/models/echo/infer", json=body).json()["outputs"][0]["data"] == [3]
+    text = log_file.read_text()
+    assert "naiad is ready" in text and "model appears in two or more repositories" in text

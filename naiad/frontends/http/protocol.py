@@ -10,6 +10,7 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 import httptools
+import orjson
 
 logger = logging.getLogger("naiad.http")
 
@@ -115,9 +116,9 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(b"protocol upgrades are not supported")
+            self._refuse("protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._refuse(f"invalid HTTP request: {exc}".encode())
+            self._refuse(f"invalid HTTP request: {exc}")
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -220,9 +221,8 @@ class HttpProtocol(asyncio.Protocol):
             lines.append(reply.body)
         transport.write(b"".join(lines))
 
-    def _refuse(self, message: bytes) -> None:
-        body = b'{"error":"%s"}' % message.replace(b'"', b"'")
-        self._write(HttpReply(400, body), keep_alive=False, head=False)
+    def _refuse(self, message: str) -> None:
+        self._write(HttpReply(400, orjson.dumps({"error": message})), keep_alive=False, head=False)
         self._close()
 
     def _close(self) -> None:

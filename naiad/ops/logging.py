@@ -58,8 +58,7 @@ def configure(settings: ServerSettings) -> None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TritonFormatter(settings.log_format == "ISO8601"))
     handler.addFilter(_LevelFilter(settings))
-    for name in ("naiad",):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.DEBUG if settings.log_verbose > 0 else logging.INFO)
-        logger.propagate = False
+    logger = logging.getLogger("naiad")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if settings.log_verbose > 0 else logging.INFO)
+    logger.propagate = False

@@ -175,13 +175,7 @@ def _decode_input(item: Any, binary: bytes | memoryview, offset: int, model: str
             f"input '{name}' has no 'data'; binary inputs need the 'binary_data_size' parameter and the "
             "Inference-Header-Content-Length header"
         )
-    if datatype in _FLOATS:  # the common case, kept short
-        try:
-            data = np.array(values, dtype=datatypes.numpy_dtype(datatype))
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise invalid(f"Unable to parse 'data' of input '{name}' for model '{model}': {_first_line(exc)}") from None
-    else:
-        data = _from_json(values, datatype, f"input '{name}' for model '{model}'")
+    data = _from_json(values, datatype, name, model)
     if data.size != count:
         raise invalid(
             f"unexpected number of elements in 'data' of input '{name}' for model '{model}': shape {shape} needs "
@@ -190,24 +184,26 @@ def _decode_input(item: Any, binary: bytes | memoryview, offset: int, model: str
     return Tensor(name, datatype, tuple(shape), data.reshape(shape), parameters), offset
 
 
-def _from_json(values: Any, datatype: str, what: str) -> np.ndarray:
+def _from_json(values: Any, datatype: str, name: str, model: str) -> np.ndarray:
     if datatype == "BYTES":
-        return _bytes_from_json(values, what)
+        return _bytes_from_json(values, f"input '{name}' for model '{model}'")
     target = datatypes.numpy_dtype(datatype)
     try:
+        if datatype in _FLOATS:  # the common case, kept short
+            return np.array(values, dtype=target)
         array = np.array(values)
         if array.dtype.kind in "fO" and target.kind in "iu" and _all_ints(values):
             array = np.array(values, dtype=target)  # integers beyond int64, which numpy widened to float
         if array.size and not _kind_fits(array.dtype.kind, datatype):
-            raise invalid(f"Unable to parse 'data' of {what}: expected {datatype} values")
+            raise invalid(f"Unable to parse 'data' of input '{name}' for model '{model}': expected {datatype} values")
         if datatype == "BF16":
             return datatypes.bf16_from_floats(array.astype(np.float32))
         if array.dtype != target:
             if array.dtype.kind in _INT_KINDS and array.size:
-                _check_range(array, target, what)
+                _check_range(array, target, f"input '{name}' for model '{model}'")
             array = array.astype(target)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise invalid(f"Unable to parse 'data' of {what}: {_first_line(exc)}") from None
+        raise invalid(f"Unable to parse 'data' of input '{name}' for model '{model}': {_first_line(exc)}") from None
     return array
 
 

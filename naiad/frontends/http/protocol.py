@@ -125,8 +125,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._current is None and self._pending:
-            self._start(self._pending.popleft())
+        self._next()
 
     # httptools callbacks
 

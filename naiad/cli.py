@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from naiad import __version__
-from naiad.config.settings import ServerSettings
+from naiad.config.settings import GrpcSettings, ServerSettings
 
 # tritonserver flags naiad does not implement yet: refused by name, never silently ignored.
 NOT_YET = frozenset(
@@ -24,26 +24,10 @@ NOT_YET = frozenset(
         "http-header-forward-pattern",
         "http-thread-count",
         "http-restricted-api",
-        "grpc-address",
-        "reuse-grpc-port",
         "grpc-header-forward-pattern",
         "grpc-infer-thread-count",
         "grpc-infer-allocation-pool-size",
         "grpc-max-response-pool-size",
-        "grpc-use-ssl",
-        "grpc-use-ssl-mutual",
-        "grpc-server-cert",
-        "grpc-server-key",
-        "grpc-root-cert",
-        "grpc-infer-response-compression-level",
-        "grpc-keepalive-time",
-        "grpc-keepalive-timeout",
-        "grpc-keepalive-permit-without-calls",
-        "grpc-http2-max-pings-without-data",
-        "grpc-http2-min-recv-ping-interval-without-data",
-        "grpc-http2-max-ping-strikes",
-        "grpc-max-connection-age",
-        "grpc-max-connection-age-grace",
         "grpc-restricted-protocol",
         "allow-gpu-metrics",
         "allow-cpu-metrics",
@@ -161,9 +145,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-address", default="0.0.0.0", help="address the HTTP service binds (default 0.0.0.0)")
     serve.add_argument("--http-port", type=_port, default=8000, help="HTTP port (default 8000)")
     serve.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port (default 8001)")
+    serve.add_argument("--grpc-address", default="0.0.0.0", help="address the gRPC service binds (default 0.0.0.0)")
+    _flag(serve, "--reuse-grpc-port", False, "let several servers share the gRPC port (SO_REUSEPORT)")
+    _flag(serve, "--grpc-use-ssl", False, "serve gRPC over TLS (needs --grpc-server-cert and --grpc-server-key)")
+    _flag(serve, "--grpc-use-ssl-mutual", False, "serve gRPC over mutual TLS (also needs --grpc-root-cert)")
+    serve.add_argument("--grpc-server-cert", default="", metavar="FILE", help="PEM certificate for gRPC TLS")
+    serve.add_argument("--grpc-server-key", default="", metavar="FILE", help="PEM private key for gRPC TLS")
+    serve.add_argument("--grpc-root-cert", default="", metavar="FILE", help="PEM root certificate for client certs")
+    serve.add_argument(
+        "--grpc-infer-response-compression-level",
+        choices=("none", "low", "medium", "high"),
+        default="none",
+        help="compress gRPC responses to clients that accept it (default none)",
+    )
+    serve.add_argument("--grpc-keepalive-time", type=_non_negative, default=7_200_000, metavar="MS")
+    serve.add_argument("--grpc-keepalive-timeout", type=_non_negative, default=20_000, metavar="MS")
+    _flag(serve, "--grpc-keepalive-permit-without-calls", False, "allow keep-alive pings with no call open")
+    serve.add_argument("--grpc-http2-max-pings-without-data", type=_non_negative, default=2, metavar="N")
+    serve.add_argument(
+        "--grpc-http2-min-recv-ping-interval-without-data", type=_non_negative, default=300_000, metavar="MS"
+    )
+    serve.add_argument("--grpc-http2-max-ping-strikes", type=_non_negative, default=2, metavar="N")
+    serve.add_argument("--grpc-max-connection-age", type=_non_negative, default=0, metavar="MS", help="0: no limit")
+    serve.add_argument("--grpc-max-connection-age-grace", type=_non_negative, default=0, metavar="MS")
     serve.add_argument("--metrics-port", type=_port, default=8002, help="metrics port (default 8002)")
     _flag(serve, "--allow-http", True, "serve HTTP")
-    _flag(serve, "--allow-grpc", True, "serve gRPC (not in naiad yet: a warning says so)")
+    _flag(serve, "--allow-grpc", True, "serve gRPC")
     _flag(serve, "--allow-metrics", True, "serve Prometheus metrics (not in naiad yet: a warning says so)")
     _flag(serve, "--exit-on-error", True, "exit when a model fails to load")
     _flag(serve, "--strict-readiness", True, "ready only when every model is ready")
@@ -215,6 +222,24 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         http_address=args.http_address,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
+        grpc=GrpcSettings(
+            address=args.grpc_address,
+            reuse_port=args.reuse_grpc_port,
+            use_ssl=args.grpc_use_ssl or args.grpc_use_ssl_mutual,
+            use_ssl_mutual=args.grpc_use_ssl_mutual,
+            server_cert=args.grpc_server_cert,
+            server_key=args.grpc_server_key,
+            root_cert=args.grpc_root_cert,
+            compression_level=args.grpc_infer_response_compression_level,
+            keepalive_time_ms=args.grpc_keepalive_time,
+            keepalive_timeout_ms=args.grpc_keepalive_timeout,
+            keepalive_permit_without_calls=args.grpc_keepalive_permit_without_calls,
+            http2_max_pings_without_data=args.grpc_http2_max_pings_without_data,
+            http2_min_recv_ping_interval_without_data_ms=args.grpc_http2_min_recv_ping_interval_without_data,
+            http2_max_ping_strikes=args.grpc_http2_max_ping_strikes,
+            max_connection_age_ms=args.grpc_max_connection_age,
+            max_connection_age_grace_ms=args.grpc_max_connection_age_grace,
+        ),
         metrics_port=args.metrics_port,
         allow_http=args.allow_http,
         allow_grpc=args.allow_grpc,

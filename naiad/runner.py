@@ -11,6 +11,7 @@ import sys
 from naiad.config.settings import ServerSettings
 from naiad.core.repository import RepositoryError
 from naiad.core.server import InferenceServer
+from naiad.frontends.grpc.listener import GrpcListener, GrpcSetupError
 from naiad.frontends.http.app import HttpApp
 from naiad.frontends.http.protocol import HttpListener
 
@@ -46,8 +47,6 @@ async def serve(settings: ServerSettings) -> int:
             file=sys.stderr,
         )
         return 1
-    if settings.allow_grpc:
-        logger.warning("the gRPC front end is not in naiad yet: nothing listens on port %d", settings.grpc_port)
     if settings.allow_metrics:
         logger.warning("Prometheus metrics are not in naiad yet: nothing listens on port %d", settings.metrics_port)
 
@@ -55,6 +54,14 @@ async def serve(settings: ServerSettings) -> int:
     if settings.allow_http:
         http = await _start_http(server, settings)
         if http is None:
+            await server.unload()
+            return 1
+    grpc: GrpcListener | None = None
+    if settings.allow_grpc:
+        grpc = await _start_grpc(server, settings)
+        if grpc is None:
+            if http is not None:
+                await http.close(timeout=0)
             await server.unload()
             return 1
     stop = asyncio.Event()
@@ -68,11 +75,15 @@ async def serve(settings: ServerSettings) -> int:
     server.begin_exit()
     if http is not None:
         http.stop_accepting()
+    if grpc is not None:
+        grpc.stop_accepting(settings.exit_timeout_secs)
     left = await server.drain(settings.exit_timeout_secs)
     if left:
         logger.warning("exit timeout reached with %d request(s) in flight", left)
     if http is not None:
         await http.close(timeout=1)
+    if grpc is not None:
+        await grpc.close()
     await server.unload()
     logger.info("all models unloaded; exiting")
     return 0
@@ -91,4 +102,17 @@ async def _start_http(server: InferenceServer, settings: ServerSettings) -> Http
         print(f"error: {message}", file=sys.stderr)
         return None
     logger.info("started HTTPService at %s:%d", settings.http_address, port)
+    return listener
+
+
+async def _start_grpc(server: InferenceServer, settings: ServerSettings) -> GrpcListener | None:
+    try:
+        listener = GrpcListener(server, settings.grpc)
+        port = await listener.start(settings.grpc_port)
+    except GrpcSetupError as exc:
+        message = f"failed to start the GRPC service: {exc}"
+        logger.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
+        return None
+    logger.info("started GRPCInferenceService at %s:%d", settings.grpc.address, port)
     return listener

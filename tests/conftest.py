@@ -25,11 +25,17 @@ def free_port() -> int:
 class RunningServer:
     """A naiad server process and how to reach it."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], port: int, log_path: Path, grpc_port: int, metrics_port: int
+    ) -> None:
         self.process = process
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.address = f"127.0.0.1:{port}"
+        self.grpc_port = grpc_port
+        self.grpc_address = f"127.0.0.1:{grpc_port}"
+        self.metrics_port = metrics_port
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.log_path = log_path
 
     def log(self) -> str:
@@ -48,9 +54,20 @@ class RunningServer:
             raise AssertionError(f"naiad did not exit within {timeout}s of signal {sig}:\n{self.log()}") from None
 
 
-def start_server(repository: Path, *flags: str, log_dir: Path, wait_ready: bool = True) -> RunningServer:
-    """Start `python -m naiad serve` on `repository`; wait until it is live (and ready when asked)."""
+def start_server(
+    repository: Path,
+    *flags: str,
+    log_dir: Path,
+    wait_ready: bool = True,
+    grpc: bool = False,
+    metrics: bool = False,
+) -> RunningServer:
+    """Start `python -m naiad serve` on `repository`; wait until it is live (and ready when asked).
+
+    gRPC and metrics are off unless asked for; their ports are chosen either way."""
     port = free_port()
+    grpc_port = free_port()
+    metrics_port = free_port()
     log_path = log_dir / f"naiad-{port}.log"
     command = [
         sys.executable,
@@ -60,13 +77,17 @@ def start_server(repository: Path, *flags: str, log_dir: Path, wait_ready: bool 
         f"--model-repository={repository}",
         f"--http-port={port}",
         "--http-address=127.0.0.1",
-        "--allow-grpc=false",
-        "--allow-metrics=false",
+        f"--grpc-port={grpc_port}",
+        "--grpc-address=127.0.0.1",
+        f"--metrics-port={metrics_port}",
+        *(["--metrics-address=127.0.0.1"] if metrics else []),
+        f"--allow-grpc={str(grpc).lower()}",
+        f"--allow-metrics={str(metrics).lower()}",
         *flags,
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    server = RunningServer(process, port, log_path)
+    server = RunningServer(process, port, log_path, grpc_port, metrics_port)
     deadline = time.monotonic() + 60
     path = "/v2/health/ready" if wait_ready else "/v2/health/live"
     while time.monotonic() < deadline:
@@ -89,9 +110,13 @@ class ServerFactory:
         self._log_dir = log_dir
         self._started: list[RunningServer] = []
 
-    def start(self, repository: Path, *flags: str, wait_ready: bool = True) -> RunningServer:
-        """Start a server on `repository` with extra command-line flags."""
-        server = start_server(repository, *flags, log_dir=self._log_dir, wait_ready=wait_ready)
+    def start(
+        self, repository: Path, *flags: str, wait_ready: bool = True, grpc: bool = False, metrics: bool = False
+    ) -> RunningServer:
+        """Start a server on `repository` with extra command-line flags (gRPC and metrics when asked)."""
+        server = start_server(
+            repository, *flags, log_dir=self._log_dir, wait_ready=wait_ready, grpc=grpc, metrics=metrics
+        )
         self._started.append(server)
         return server
 

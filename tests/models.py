@@ -242,3 +242,113 @@ def identity_config(name: str, config_type: str, batch: int = 0, extra: str = ""
         output [ {{ name: "OUTPUT0" data_type: {config_type} dims: [ -1 ] }} ]
         {extra}
     """
+
+
+DATATYPES = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+}
+
+
+def build_inference_repository(root: Path) -> Path:
+    """The models the inference suites of both front ends run against."""
+    repo = root / "models"
+    write_model(repo, "add_sub", add_sub_config(), ADD_SUB)
+    write_model(repo, "add_sub_plain", add_sub_config("add_sub_plain", batching=""), ADD_SUB)
+    for datatype, config_type in DATATYPES.items():
+        name = f"identity_{datatype.lower()}"
+        write_model(repo, name, identity_config(name, config_type), IDENTITY)
+    write_model(repo, "failing", identity_config("failing", "TYPE_INT32"), FAILING)
+    write_model(
+        repo,
+        "error_response",
+        """
+        backend: "python"
+        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+        """,
+        ERROR_RESPONSE,
+    )
+    write_model(
+        repo,
+        "params_echo",
+        """
+        backend: "python"
+        max_batch_size: 4
+        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ 1 ] },
+                 { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 1 ] } ]
+        """,
+        PARAMS_ECHO,
+    )
+    write_model(
+        repo,
+        "bls",
+        """
+        backend: "python"
+        max_batch_size: 8
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+                { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
+        output [ { name: "SUM" data_type: TYPE_FP32 dims: [ 16 ] },
+                 { name: "DIFF" data_type: TYPE_FP32 dims: [ 16 ] } ]
+        """,
+        BLS,
+    )
+    write_model(
+        repo,
+        "reshaped",
+        """
+        backend: "python"
+        max_batch_size: 2
+        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
+        """,
+        RESHAPED,
+    )
+    folder = write_model(
+        repo,
+        "classifier",
+        """
+        backend: "python"
+        max_batch_size: 2
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] label_filename: "labels.txt" } ]
+        """,
+        IDENTITY,
+    )
+    (folder / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
+    write_model(
+        repo,
+        "versioned",
+        """
+        backend: "python"
+        version_policy: { latest: { num_versions: 2 } }
+        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+        """,
+        VERSIONED,
+        versions=(1, 2, 3),
+    )
+    write_model(
+        repo,
+        "optional_in",
+        """
+        backend: "python"
+        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 2 ] },
+                { name: "INPUT1" data_type: TYPE_INT32 dims: [ 2 ] optional: true } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 2 ] } ]
+        """,
+        OPTIONAL,
+    )
+    return repo

@@ -6,6 +6,28 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class GrpcSettings:
+    """The gRPC service's address, TLS, compression and HTTP/2 keep-alive; the defaults are tritonserver's."""
+
+    address: str = "0.0.0.0"
+    reuse_port: bool = False
+    use_ssl: bool = False
+    use_ssl_mutual: bool = False
+    server_cert: str = ""
+    server_key: str = ""
+    root_cert: str = ""
+    compression_level: str = "none"
+    keepalive_time_ms: int = 7_200_000
+    keepalive_timeout_ms: int = 20_000
+    keepalive_permit_without_calls: bool = False
+    http2_max_pings_without_data: int = 2
+    http2_min_recv_ping_interval_without_data_ms: int = 300_000
+    http2_max_ping_strikes: int = 2
+    max_connection_age_ms: int = 0
+    max_connection_age_grace_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The server's settings; the defaults are tritonserver's."""
 
@@ -14,6 +36,7 @@ class ServerSettings:
     http_address: str = "0.0.0.0"
     http_port: int = 8000
     grpc_port: int = 8001
+    grpc: GrpcSettings = GrpcSettings()
     metrics_port: int = 8002
     allow_http: bool = True
     allow_grpc: bool = True

@@ -12,7 +12,7 @@ from naiad import __version__
 from naiad.config.settings import ServerSettings
 from naiad.core.lifecycle import ModelManager
 from naiad.core.repository import discover
-from naiad.domain.errors import ServerError, unavailable
+from naiad.domain.errors import ErrorCode, ServerError, unavailable
 from naiad.domain.model_config import ModelConfig
 from naiad.domain.tensors import InferenceRequest, InferenceResponse, InferenceResult
 
@@ -158,6 +158,20 @@ class InferenceServer:
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
         """Every model version with its state (and the reason when it is not ready)."""
         return self._manager.index(ready_only)
+
+    def load_model(self, name: str) -> None:
+        """Explicit model load; refused: naiad serves in model control mode `none`."""
+        raise ServerError(
+            ErrorCode.UNSUPPORTED,
+            f"explicit model load of '{name}' needs --model-control-mode=explicit, which naiad does not support yet",
+        )
+
+    def unload_model(self, name: str) -> None:
+        """Explicit model unload; refused: naiad serves in model control mode `none`."""
+        raise ServerError(
+            ErrorCode.UNSUPPORTED,
+            f"explicit model unload of '{name}' needs --model-control-mode=explicit, which naiad does not support yet",
+        )
 
     # Shutdown
 

@@ -7,7 +7,6 @@ import gzip
 import json
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,120 +18,12 @@ from tritonclient.utils import InferenceServerException
 from tests import models
 from tests.conftest import RunningServer, ServerFactory
 
-DATATYPES = {
-    "BOOL": "TYPE_BOOL",
-    "UINT8": "TYPE_UINT8",
-    "UINT16": "TYPE_UINT16",
-    "UINT32": "TYPE_UINT32",
-    "UINT64": "TYPE_UINT64",
-    "INT8": "TYPE_INT8",
-    "INT16": "TYPE_INT16",
-    "INT32": "TYPE_INT32",
-    "INT64": "TYPE_INT64",
-    "FP16": "TYPE_FP16",
-    "FP32": "TYPE_FP32",
-    "FP64": "TYPE_FP64",
-    "BYTES": "TYPE_STRING",
-}
-
-
-def build_repository(root: Path) -> Path:
-    repo = root / "models"
-    models.write_model(repo, "add_sub", models.add_sub_config(), models.ADD_SUB)
-    models.write_model(repo, "add_sub_plain", models.add_sub_config("add_sub_plain", batching=""), models.ADD_SUB)
-    for datatype, config_type in DATATYPES.items():
-        name = f"identity_{datatype.lower()}"
-        models.write_model(repo, name, models.identity_config(name, config_type), models.IDENTITY)
-    models.write_model(repo, "failing", models.identity_config("failing", "TYPE_INT32"), models.FAILING)
-    models.write_model(
-        repo,
-        "error_response",
-        """
-        backend: "python"
-        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
-        """,
-        models.ERROR_RESPONSE,
-    )
-    models.write_model(
-        repo,
-        "params_echo",
-        """
-        backend: "python"
-        max_batch_size: 4
-        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ 1 ] },
-                 { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 1 ] } ]
-        """,
-        models.PARAMS_ECHO,
-    )
-    models.write_model(
-        repo,
-        "bls",
-        """
-        backend: "python"
-        max_batch_size: 8
-        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-                { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-        output [ { name: "SUM" data_type: TYPE_FP32 dims: [ 16 ] },
-                 { name: "DIFF" data_type: TYPE_FP32 dims: [ 16 ] } ]
-        """,
-        models.BLS,
-    )
-    models.write_model(
-        repo,
-        "reshaped",
-        """
-        backend: "python"
-        max_batch_size: 2
-        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
-        """,
-        models.RESHAPED,
-    )
-    folder = models.write_model(
-        repo,
-        "classifier",
-        """
-        backend: "python"
-        max_batch_size: 2
-        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] label_filename: "labels.txt" } ]
-        """,
-        models.IDENTITY,
-    )
-    (folder / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
-    models.write_model(
-        repo,
-        "versioned",
-        """
-        backend: "python"
-        version_policy: { latest: { num_versions: 2 } }
-        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
-        """,
-        models.VERSIONED,
-        versions=(1, 2, 3),
-    )
-    models.write_model(
-        repo,
-        "optional_in",
-        """
-        backend: "python"
-        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 2 ] },
-                { name: "INPUT1" data_type: TYPE_INT32 dims: [ 2 ] optional: true } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 2 ] } ]
-        """,
-        models.OPTIONAL,
-    )
-    return repo
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("http")
     factory = ServerFactory(root)
-    yield factory.start(build_repository(root))
+    yield factory.start(models.build_inference_repository(root))
     factory.close()
 
 
@@ -267,7 +158,7 @@ def test_tritonclient_compression(client: httpclient.InferenceServerClient) -> N
         assert np.array_equal(result.as_numpy("OUTPUT0"), a * 2)
 
 
-@pytest.mark.parametrize("datatype", list(DATATYPES))
+@pytest.mark.parametrize("datatype", list(models.DATATYPES))
 def test_every_datatype_binary(client: httpclient.InferenceServerClient, datatype: str) -> None:
     if datatype == "BYTES":
         data = np.array([b"hello", b"", b"\xff\x00binary"], dtype=np.object_)

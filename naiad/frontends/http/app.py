@@ -154,10 +154,11 @@ class HttpApp:
             return HttpReply(200, codec.dumps(self.server.repository_index(ready_only)))
         if len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
             _allow(request, "POST")
-            raise ServerError(
-                ErrorCode.UNSUPPORTED,
-                f"explicit model {rest[2]} needs --model-control-mode=explicit, which naiad does not support yet",
-            )
+            if rest[2] == "load":
+                self.server.load_model(rest[1])
+            else:
+                self.server.unload_model(rest[1])
+            return HttpReply(200, b"")
         raise not_found("Not Found")
 
 

@@ -1,0 +1,1 @@
+"""The gRPC front end: the KServe V2 `inference.GRPCInferenceService` and the standard health service."""

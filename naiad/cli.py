@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from naiad import __version__
-from naiad.config.settings import GrpcSettings, ServerSettings
+from naiad.config.settings import DEFAULT_QUANTILES, GrpcSettings, MetricsSettings, ServerSettings
 
 # tritonserver flags naiad does not implement yet: refused by name, never silently ignored.
 NOT_YET = frozenset(
@@ -29,11 +29,6 @@ NOT_YET = frozenset(
         "grpc-infer-allocation-pool-size",
         "grpc-max-response-pool-size",
         "grpc-restricted-protocol",
-        "allow-gpu-metrics",
-        "allow-cpu-metrics",
-        "metrics-address",
-        "metrics-interval-ms",
-        "metrics-config",
         "trace-config",
         "trace-file",
         "trace-level",
@@ -107,6 +102,74 @@ _positive = _at_least(1)
 _non_negative = _at_least(0)
 
 
+def _quantiles(text: str) -> tuple[tuple[float, float], ...]:
+    """Triton's summary_quantiles: `<quantile>:<error>` pairs separated by commas, each number in [0, 1]."""
+    pairs: list[tuple[float, float]] = []
+    for item in text.split(","):
+        quantile, colon, error = item.strip().partition(":")
+        try:
+            pair = (float(quantile), float(error))
+        except ValueError:
+            pair = (-1.0, -1.0)
+        if not colon or not all(0.0 <= number <= 1.0 for number in pair):
+            raise argparse.ArgumentTypeError(
+                f"summary_quantiles: expected <quantile>:<error> pairs of numbers from 0 to 1 separated by commas "
+                f"(e.g. 0.5:0.05,0.9:0.01), got '{item.strip()}'"
+            )
+        pairs.append(pair)
+    return tuple(pairs)
+
+
+def _latency_flag(name: str) -> Callable[[str], bool]:
+    def parse(text: str) -> bool:
+        try:
+            return _bool(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{name}: {exc}") from None
+
+    return parse
+
+
+# What --metrics-config accepts, as in tritonserver, and how each value is read.
+_METRICS_CONFIG: dict[str, Callable[[str], object]] = {
+    "counter_latencies": _latency_flag("counter_latencies"),
+    "summary_latencies": _latency_flag("summary_latencies"),
+    "histogram_latencies": _latency_flag("histogram_latencies"),
+    "summary_quantiles": _quantiles,
+}
+
+
+def _metrics_config(text: str) -> tuple[str, str]:
+    """One `--metrics-config KEY=VALUE`, checked; the value is read again when the settings are built."""
+    key, equals, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not equals:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    parse = _METRICS_CONFIG.get(key)
+    if parse is None:
+        raise argparse.ArgumentTypeError(f"unknown setting '{key}'; naiad knows {', '.join(sorted(_METRICS_CONFIG))}")
+    parse(value)
+    return key, value
+
+
+def _metrics_settings(args: argparse.Namespace) -> MetricsSettings:
+    config: dict[str, str] = dict(args.metrics_config)  # a key given twice: the last one counts
+    address = args.metrics_address
+    if address is None:  # as tritonserver: the HTTP address, or every address without HTTP
+        address = args.http_address if args.allow_http else "0.0.0.0"
+    quantiles = _quantiles(config["summary_quantiles"]) if "summary_quantiles" in config else DEFAULT_QUANTILES
+    return MetricsSettings(
+        address=address,
+        interval_ms=args.metrics_interval_ms,
+        gpu=args.allow_gpu_metrics,
+        cpu=args.allow_cpu_metrics,
+        counter_latencies=_bool(config.get("counter_latencies", "true")),
+        summary_latencies=_bool(config.get("summary_latencies", "false")),
+        histogram_latencies=_bool(config.get("histogram_latencies", "false")),
+        summary_quantiles=quantiles,
+    )
+
+
 def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) -> None:
     parser.add_argument(
         name,
@@ -169,9 +232,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-max-connection-age", type=_non_negative, default=0, metavar="MS", help="0: no limit")
     serve.add_argument("--grpc-max-connection-age-grace", type=_non_negative, default=0, metavar="MS")
     serve.add_argument("--metrics-port", type=_port, default=8002, help="metrics port (default 8002)")
+    serve.add_argument(
+        "--metrics-address",
+        default=None,
+        help="address the metrics service binds (default: --http-address, or 0.0.0.0 without HTTP)",
+    )
+    serve.add_argument(
+        "--metrics-interval-ms",
+        type=_positive,
+        default=2000,
+        metavar="MS",
+        help="how often the CPU and GPU gauges are refreshed (default 2000)",
+    )
+    serve.add_argument(
+        "--metrics-config",
+        type=_metrics_config,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="counter_latencies=BOOL (default true), summary_latencies=BOOL (default false), "
+        "histogram_latencies=BOOL (default false), summary_quantiles=Q:E,... "
+        "(default 0.5:0.05,0.9:0.01,0.95:0.001,0.99:0.001,0.999:0.001); repeat for several",
+    )
+    _flag(serve, "--allow-gpu-metrics", True, "report GPU gauges through NVML when a GPU is present")
+    _flag(serve, "--allow-cpu-metrics", True, "report CPU utilization and memory gauges from /proc")
     _flag(serve, "--allow-http", True, "serve HTTP")
     _flag(serve, "--allow-grpc", True, "serve gRPC")
-    _flag(serve, "--allow-metrics", True, "serve Prometheus metrics (not in naiad yet: a warning says so)")
+    _flag(serve, "--allow-metrics", True, "serve Prometheus metrics on --metrics-port")
     _flag(serve, "--exit-on-error", True, "exit when a model fails to load")
     _flag(serve, "--strict-readiness", True, "ready only when every model is ready")
     _flag(serve, "--strict-model-config", False, "deprecated: true turns off config auto-completion")
@@ -241,6 +328,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
             max_connection_age_grace_ms=args.grpc_max_connection_age_grace,
         ),
         metrics_port=args.metrics_port,
+        metrics=_metrics_settings(args),
         allow_http=args.allow_http,
         allow_grpc=args.allow_grpc,
         allow_metrics=args.allow_metrics,

@@ -7,13 +7,18 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import NamedTuple
 
 from naiad.config.settings import ServerSettings
 from naiad.core.repository import RepositoryError
 from naiad.core.server import InferenceServer
 from naiad.frontends.grpc.listener import GrpcListener, GrpcSetupError
 from naiad.frontends.http.app import HttpApp
+from naiad.frontends.http.metrics import MetricsApp
 from naiad.frontends.http.protocol import HttpListener
+from naiad.ops.exposition import CONTENT_TYPE
+from naiad.ops.metrics import MetricsRegistry
+from naiad.ops.system_metrics import SystemMetrics
 
 logger = logging.getLogger("naiad.runner")
 
@@ -47,13 +52,19 @@ async def serve(settings: ServerSettings) -> int:
             file=sys.stderr,
         )
         return 1
-    if settings.allow_metrics:
-        logger.warning("Prometheus metrics are not in naiad yet: nothing listens on port %d", settings.metrics_port)
+    metrics: MetricsService | None = None
+    if settings.allow_metrics:  # before the front ends: opt-in latency metrics must see every request
+        metrics = await _start_metrics(server, settings)
+        if metrics is None:
+            await server.unload()
+            return 1
 
     http: HttpListener | None = None
     if settings.allow_http:
         http = await _start_http(server, settings)
         if http is None:
+            if metrics is not None:
+                await metrics.close()
             await server.unload()
             return 1
     grpc: GrpcListener | None = None
@@ -62,6 +73,8 @@ async def serve(settings: ServerSettings) -> int:
         if grpc is None:
             if http is not None:
                 await http.close(timeout=0)
+            if metrics is not None:
+                await metrics.close()
             await server.unload()
             return 1
     stop = asyncio.Event()
@@ -84,6 +97,8 @@ async def serve(settings: ServerSettings) -> int:
         await http.close(timeout=1)
     if grpc is not None:
         await grpc.close()
+    if metrics is not None:
+        await metrics.close()
     await server.unload()
     logger.info("all models unloaded; exiting")
     return 0
@@ -116,3 +131,33 @@ async def _start_grpc(server: InferenceServer, settings: ServerSettings) -> Grpc
         return None
     logger.info("started GRPCInferenceService at %s:%d", settings.grpc.address, port)
     return listener
+
+
+class MetricsService(NamedTuple):
+    """The metrics listener and the thread sampling the CPU and GPU gauges."""
+
+    listener: HttpListener
+    system: SystemMetrics
+
+    async def close(self) -> None:
+        """Stop serving metrics and sampling."""
+        await self.listener.close(timeout=1)
+        self.system.stop()
+
+
+async def _start_metrics(server: InferenceServer, settings: ServerSettings) -> MetricsService | None:
+    config = settings.metrics
+    system = SystemMetrics(config.interval_ms, config.cpu, config.gpu)
+    registry = MetricsRegistry(server, config, system)
+    listener = HttpListener(MetricsApp(registry.render, CONTENT_TYPE).handle, 64 * 1024)
+    try:
+        port = await listener.start(config.address, settings.metrics_port)
+    except OSError as exc:
+        system.stop()
+        message = f"failed to start the metrics service on {config.address}:{settings.metrics_port}: {exc.strerror}"
+        logger.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
+        return None
+    system.start()
+    logger.info("Started Metrics Service at %s:%d", config.address, port)
+    return MetricsService(listener, system)

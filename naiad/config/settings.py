@@ -27,6 +27,25 @@ class GrpcSettings:
     max_connection_age_grace_ms: int = 0
 
 
+# Triton's default summary quantiles, as (quantile, allowed error) pairs.
+DEFAULT_QUANTILES = ((0.5, 0.05), (0.9, 0.01), (0.95, 0.001), (0.99, 0.001), (0.999, 0.001))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The metrics service's address, polling interval, system gauges and --metrics-config; tritonserver's
+    defaults."""
+
+    address: str = "0.0.0.0"
+    interval_ms: int = 2000
+    gpu: bool = True
+    cpu: bool = True
+    counter_latencies: bool = True
+    summary_latencies: bool = False
+    histogram_latencies: bool = False
+    summary_quantiles: tuple[tuple[float, float], ...] = DEFAULT_QUANTILES
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The server's settings; the defaults are tritonserver's."""
@@ -38,6 +57,7 @@ class ServerSettings:
     grpc_port: int = 8001
     grpc: GrpcSettings = GrpcSettings()
     metrics_port: int = 8002
+    metrics: MetricsSettings = MetricsSettings()
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True

@@ -102,6 +102,10 @@ class ModelManager:
         """True when every model has every selected version READY."""
         return not self.failures()
 
+    def has(self, name: str) -> bool:
+        """Whether the repository has a model of this name."""
+        return name in self._records
+
     def get(self, name: str, version: str) -> ModelVersion:
         """The version a request names ("" for the highest ready one), or the `ServerError` Triton answers."""
         record = self._records.get(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from dataclasses import dataclass
 
 from naiad.backends.base import Backend, InstanceContext, ModelCaller
@@ -47,6 +48,7 @@ class ModelVersion:
     state: ModelState = ModelState.LOADING
     reason: str = ""
     runners: tuple[InstanceRunner, ...] = ()
+    load_seconds: float = 0.0  # how long the last successful load took
     _serving: Serving | None = None
 
     @property
@@ -69,6 +71,7 @@ class ModelVersion:
 
     async def load(self, backend: Backend, caller: ModelCaller, loop: asyncio.AbstractEventLoop) -> None:
         """Load every instance; on failure the version is UNAVAILABLE with the reason, and nothing is left running."""
+        started = time.monotonic()
         config = self.config
         version_dir = self.source.path / str(self.version)
         runners: list[InstanceRunner] = []
@@ -104,6 +107,7 @@ class ModelVersion:
         self.runners = tuple(runners)
         scheduler = Scheduler(runners, self.stats, config.max_batch_size, config.dynamic_batching, loop)
         self._serving = Serving(checker, shaper, scheduler)
+        self.load_seconds = time.monotonic() - started
         self.state = ModelState.READY
 
     async def unload(self) -> None:

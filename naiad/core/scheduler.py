@@ -120,6 +120,7 @@ class Scheduler:
         if self._delay_action:
             self._delayed.append(pending)
         else:
+            self._stats.rejected += 1
             pending.finish(unavailable("Request timeout expired"))
 
     def _dispatch(self) -> None:

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from naiad import __version__
 from naiad.config.settings import ServerSettings
 from naiad.core.lifecycle import ModelManager
 from naiad.core.repository import discover
+from naiad.core.stats import ModelStats, Observer
 from naiad.domain.errors import ErrorCode, ServerError, unavailable
 from naiad.domain.model_config import ModelConfig
 from naiad.domain.tensors import InferenceRequest, InferenceResponse, InferenceResult
@@ -26,6 +27,16 @@ EXTENSIONS = (
     "parameters",
     "statistics",
 )
+
+
+class ModelStatistics(NamedTuple):
+    """One READY model version for metrics: its statistics, requests waiting in its queue and its load time."""
+
+    name: str
+    version: int
+    stats: ModelStats
+    pending: int
+    load_seconds: float
 
 
 class InferenceServer:
@@ -67,6 +78,10 @@ class InferenceServer:
     def metadata(self) -> dict[str, Any]:
         """Server metadata: name, version and the extensions that work."""
         return {"name": self.settings.server_id, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def has_model(self, name: str) -> bool:
+        """Whether the repository has a model of this name, ready or not."""
+        return self._manager.has(name)
 
     def model_ready(self, name: str, version: str) -> bool:
         """Whether the model (version) can serve requests now."""
@@ -155,23 +170,24 @@ class InferenceServer:
         versions = [self._manager.get(name, version)] if version else self._manager.versions(name)
         return {"model_stats": [v.stats.to_json(v.name, v.version) for v in versions]}
 
+    def model_statistics(self) -> list[ModelStatistics]:
+        """Every READY model version, ordered by name and version, with its live statistics objects."""
+        return [
+            ModelStatistics(v.name, v.version, v.stats, v.serving.scheduler.queued, v.load_seconds)
+            for v in self._manager.versions("")
+        ]
+
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
         """Every model version with its state (and the reason when it is not ready)."""
         return self._manager.index(ready_only)
 
     def load_model(self, name: str) -> None:
         """Explicit model load; refused: naiad serves in model control mode `none`."""
-        raise ServerError(
-            ErrorCode.UNSUPPORTED,
-            f"explicit model load of '{name}' needs --model-control-mode=explicit, which naiad does not support yet",
-        )
+        raise _control_refused("load", name)
 
     def unload_model(self, name: str) -> None:
         """Explicit model unload; refused: naiad serves in model control mode `none`."""
-        raise ServerError(
-            ErrorCode.UNSUPPORTED,
-            f"explicit model unload of '{name}' needs --model-control-mode=explicit, which naiad does not support yet",
-        )
+        raise _control_refused("unload", name)
 
     # Shutdown
 
@@ -199,6 +215,14 @@ class InferenceServer:
         return self._in_flight
 
 
+def _control_refused(action: str, name: str) -> ServerError:
+    return ServerError(
+        ErrorCode.UNSUPPORTED,
+        f"explicit model {action} of '{name}' is not allowed in model control mode 'none'; naiad does not support "
+        "--model-control-mode=explicit yet",
+    )
+
+
 class _Caller:
     """Lets a model call another model of this server (BLS) from its instance thread."""
 
@@ -217,4 +241,4 @@ class _Caller:
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
 
 
-__all__ = ["EXTENSIONS", "InferenceServer"]
+__all__ = ["EXTENSIONS", "InferenceServer", "ModelStatistics", "Observer"]

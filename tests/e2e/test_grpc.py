@@ -147,12 +147,11 @@ def test_extensions_naiad_lacks_are_unimplemented(stub: pb_grpc.GRPCInferenceSer
 def test_standard_health_service(server: RunningServer) -> None:
     with grpc.insecure_channel(server.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "inference.GRPCInferenceService"):
+        for service in ("", "inference.GRPCInferenceService", "add_sub", "anything"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service))
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        expect_error(
-            lambda: health.Check(health_pb2.HealthCheckRequest(service="other")), grpc.StatusCode.NOT_FOUND, "other"
-        )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+        listed = health.List(health_pb2.HealthListRequest()).statuses
+        assert {"", "add_sub", "identity_bytes"} <= set(listed)
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()
@@ -398,3 +397,42 @@ def test_missing_tls_files_are_named(tmp_path: Path, naiad: ServerFactory) -> No
             repo, "--grpc-use-ssl=true", f"--grpc-server-cert={tmp_path}/none.pem", "--grpc-server-key=k", grpc=True
         )
     assert "--grpc-server-key file 'k'" in str(caught.value) or "none.pem" in str(caught.value)
+
+
+def test_stream_answers_in_request_order(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    slow = models.identity_config(
+        "slow", "TYPE_INT32", extra='parameters { key: "delay_s" value: { string_value: "0.5" } }'
+    )
+    models.write_model(repo, "slow", slow, models.SLOW)
+    models.write_model(repo, "fast", models.identity_config("fast", "TYPE_INT32"), models.IDENTITY)
+    server = naiad.start(repo, grpc=True)
+
+    def requests_() -> Iterator[pb.ModelInferRequest]:
+        for key, model in (("a", "slow"), ("b", "fast"), ("c", "nope"), ("d", "fast")):
+            message = pb.ModelInferRequest(model_name=model, id=key)
+            message.inputs.add(name="INPUT0", datatype="INT32", shape=[1])
+            message.raw_input_contents.append(np.array([1], dtype="<i4").tobytes())
+            yield message
+
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        replies = list(pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests_()))
+    assert [r.infer_response.id for r in replies] == ["a", "b", "c", "d"]
+    assert [bool(r.error_message) for r in replies] == [False, False, True, False]
+    final = replies[0].infer_response.parameters["triton_final_response"]
+    assert final.WhichOneof("parameter_choice") == "bool_param" and final.bool_param
+
+
+def test_health_follows_readiness(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    models.write_model(repo, "add_sub", models.add_sub_config(), models.ADD_SUB)
+    models.write_model(repo, "broken", models.identity_config("broken", "TYPE_INT32"), "raise ImportError('no')\n")
+    server = naiad.start(repo, "--exit-on-error=false", grpc=True, wait_ready=False)
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        health = health_pb2_grpc.HealthStub(channel)
+        # strict readiness: one model failed to load, so the server is not ready, but add_sub is
+        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == not_serving
+        assert health.Check(health_pb2.HealthCheckRequest(service="add_sub")).status == serving
+        assert health.Check(health_pb2.HealthCheckRequest(service="broken")).status == not_serving

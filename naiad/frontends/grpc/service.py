@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
@@ -15,6 +16,9 @@ from naiad.domain.errors import ErrorCode, ServerError
 from naiad.domain.tensors import InferenceResponse
 from naiad.frontends.grpc import codec
 from naiad.frontends.grpc.errors import status_of
+
+# Triton marks each response of a stream as the last one for its request.
+FINAL_RESPONSE = "triton_final_response"
 
 Context = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
 
@@ -146,12 +150,13 @@ class InferenceService:
 
 
 class _Stream:
-    """One `ModelStreamInfer` call: reads requests, starts each, and queues the answers in completion order."""
+    """One `ModelStreamInfer` call: starts each request as it arrives and writes the answers in request order, as
+    Triton does; a failed request is answered in the stream, which goes on."""
 
     def __init__(self, server: InferenceServer, answers: asyncio.Queue[pb.ModelStreamInferResponse | None]) -> None:
         self._server = server
         self._answers = answers
-        self._pending = 0
+        self._waiting: deque[list[pb.ModelStreamInferResponse | None]] = deque()  # one slot per request, in order
         self._reading = True
 
     async def read(self, requests: AsyncIterator[pb.ModelInferRequest]) -> None:
@@ -160,34 +165,43 @@ class _Stream:
                 self._start(request)
         finally:
             self._reading = False
-            if self._pending == 0:
-                self._answers.put_nowait(None)
+            self._flush()
 
     def _start(self, request: pb.ModelInferRequest) -> None:
-        self._pending += 1  # before submit, which may answer at once
+        slot: list[pb.ModelStreamInferResponse | None] = [None]
+        self._waiting.append(slot)
         try:
             decoded = codec.decode_request(request)
-            self._server.submit(request.model_name, request.model_version, decoded, self._done_for(request))
+            self._server.submit(request.model_name, request.model_version, decoded, self._done_for(request, slot))
         except ServerError as exc:
-            self._pending -= 1
-            self._answers.put_nowait(_stream_error(request, exc.message))
+            slot[0] = _stream_error(exc.message, pb.ModelInferResponse(id=request.id))
+            self._flush()
 
-    def _done_for(self, request: pb.ModelInferRequest) -> Any:
+    def _done_for(self, request: pb.ModelInferRequest, slot: list[pb.ModelStreamInferResponse | None]) -> Any:
         def done(outcome: InferenceResponse | ServerError) -> None:
-            self._pending -= 1
             if isinstance(outcome, ServerError):
-                self._answers.put_nowait(_stream_error(request, outcome.message))
+                response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+                response.parameters[FINAL_RESPONSE].bool_param = True
+                slot[0] = _stream_error(outcome.message, response)
             else:
-                self._answers.put_nowait(pb.ModelStreamInferResponse(infer_response=codec.encode_response(outcome)))
-            if not self._reading and self._pending == 0:
-                self._answers.put_nowait(None)
+                response = codec.encode_response(outcome)
+                response.parameters[FINAL_RESPONSE].bool_param = True
+                slot[0] = pb.ModelStreamInferResponse(infer_response=response)
+            self._flush()
 
         return done
 
+    def _flush(self) -> None:
+        """Write the answers that are due: every finished one at the head of the line."""
+        waiting = self._waiting
+        while waiting and waiting[0][0] is not None:
+            self._answers.put_nowait(waiting.popleft()[0])
+        if not self._reading and not waiting:
+            self._answers.put_nowait(None)
 
-def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
-    """Triton's answer to a failed request inside a stream: the message, and the request's id to match it."""
-    response = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+
+def _stream_error(message: str, response: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:
+    """A failed request inside a stream: the message, with what Triton sends to match it (the request's id)."""
     return pb.ModelStreamInferResponse(error_message=message, infer_response=response)
 
 

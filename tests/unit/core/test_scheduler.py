@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +167,64 @@ def test_queue_delay_is_dropped_while_waiting_gathers_nothing_and_restored_under
         await runner.unload()
 
     asyncio.run(scenario())
+
+
+def test_queue_length_and_a_timed_out_request_counted_as_rejected() -> None:
+    async def scenario() -> None:
+        backend = EchoBackend()
+        scheduler, stats, runner = await make(
+            "dynamic_batching { default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 100000 } }",
+            backend,
+        )
+        backend.gate.clear()
+        first = submit(scheduler, 0, ("k",))
+        await asyncio.sleep(0.05)  # executing, held at the gate
+        late = submit(scheduler, 1, ("k",))
+        assert scheduler.queued == 1
+        try:
+            await late
+        except ServerError as exc:
+            assert exc.message == "Request timeout expired"
+        else:
+            raise AssertionError("the queued request should have timed out")
+        assert scheduler.queued == 0 and stats.rejected == 1
+        backend.gate.set()
+        await first
+        assert stats.failures()["REJECTED"] == 1
+        await runner.unload()
+
+    asyncio.run(scenario())
+
+
+def test_observers_see_each_request_of_a_batch() -> None:
+    async def scenario() -> None:
+        backend = EchoBackend()
+        scheduler, stats, runner = await make("dynamic_batching { }", backend)
+        queue: list[tuple[int, int]] = []
+        infer: list[tuple[int, int]] = []
+
+        def ignore(ns: int, count: int) -> None:
+            pass
+
+        stats.observe(None, lambda ns, count: queue.append((ns, count)), (ignore, infer_seen(infer), ignore))
+        backend.gate.clear()
+        first = submit(scheduler, 0, ("k",))
+        await asyncio.sleep(0.05)
+        rest = [submit(scheduler, i, ("k",)) for i in range(1, 4)]
+        backend.gate.set()
+        await asyncio.gather(first, *rest)
+        assert backend.executions == [1, 3]
+        assert len(queue) == 4 and all(count == 1 for _, count in queue)
+        assert [count for _, count in infer] == [1, 3]  # one observation per request of each batch
+        assert stats.queue.count == 4 and stats.compute_infer.count == 4  # still recorded as before
+        assert stats.compute_infer.ns == sum(ns * count for ns, count in infer)
+        await runner.unload()
+
+    asyncio.run(scenario())
+
+
+def infer_seen(seen: list[tuple[int, int]]) -> Callable[[int, int], None]:
+    def observe(ns: int, count: int) -> None:
+        seen.append((ns, count))
+
+    return observe

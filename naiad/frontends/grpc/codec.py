@@ -47,11 +47,14 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
         if datatype not in datatypes.DATATYPES:
             raise invalid(f"invalid datatype '{datatype}' of input '{name}' for model '{model}'")
         shape = list(item.shape)
-        if any(dim < 0 for dim in shape):
+        if shape and min(shape) < 0:
             raise invalid(f"input '{name}' for model '{model}' has a negative dimension in its shape {shape}")
-        parameters = decode_parameters(item.parameters) if item.parameters else NO_PARAMETERS
-        if _SHARED_MEMORY in parameters:
-            raise ServerError(ErrorCode.UNSUPPORTED, "shared memory is not supported by naiad")
+        if item.parameters:
+            parameters: Mapping[str, Any] = decode_parameters(item.parameters)
+            if _SHARED_MEMORY in parameters:
+                raise ServerError(ErrorCode.UNSUPPORTED, "shared memory is not supported by naiad")
+        else:
+            parameters = NO_PARAMETERS
         has_contents = item.HasField("contents")
         if raw:
             if has_contents:
@@ -69,10 +72,13 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
     if message.outputs:
         requested: list[RequestedOutput] = []
         for output in message.outputs:
-            output_parameters = decode_parameters(output.parameters) if output.parameters else NO_PARAMETERS
-            if _SHARED_MEMORY in output_parameters:
-                raise ServerError(ErrorCode.UNSUPPORTED, "shared memory is not supported by naiad")
-            requested.append(RequestedOutput(output.name, output_parameters))
+            if output.parameters:
+                output_parameters = decode_parameters(output.parameters)
+                if _SHARED_MEMORY in output_parameters:
+                    raise ServerError(ErrorCode.UNSUPPORTED, "shared memory is not supported by naiad")
+                requested.append(RequestedOutput(output.name, output_parameters))
+            else:
+                requested.append(RequestedOutput(output.name))
         outputs = tuple(requested)
     parameters = decode_parameters(message.parameters) if message.parameters else NO_PARAMETERS
     return InferenceRequest(tuple(tensors), outputs, message.id, parameters)

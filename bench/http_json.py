@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,16 +71,22 @@ class Peers:
     def uvicorn(self) -> Path:
         return self.root / "asgi" / "bin" / "uvicorn"
 
-    def check(self, servers: list[str], need_perf_analyzer: bool) -> None:
+    @property
+    def tri_python(self) -> Path:
+        return self.root / "tri" / "bin" / "python"
+
+    def check(self, servers: list[str], need_perf_analyzer: bool, need_wrk: bool = True) -> None:
         needed: list[Path] = []
         if "triton" in servers:
             needed += [self.triton_dir / "bin" / "tritonserver", self.triton_dir / "backends" / "python"]
         if "bare" in servers:
             needed += [self.uvicorn, self.src / "asgi_bare.py"]
+        if "grpc_bare" in servers:
+            needed += [self.tri_python, self.src / "grpc_bare.py"]
         if need_perf_analyzer:
             needed.append(self.perf_analyzer)
         missing = [str(p) for p in needed if not p.exists()]
-        if shutil.which("wrk") is None:
+        if need_wrk and shutil.which("wrk") is None:
             missing.append("wrk (on PATH)")
         if missing:
             raise BenchError(
@@ -124,6 +131,12 @@ class Server:
             return "(no log)"
         return "\n".join(text[-lines:]) or "(empty log)"
 
+    def is_ready(self) -> bool:
+        with contextlib.suppress(OSError):
+            status, _ = http("GET", self.base + "/v2/health/ready", timeout=1.0)
+            return status == 200
+        return False
+
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -133,10 +146,8 @@ class Server:
                     f"{self.name} exited with status {self.proc.returncode} before it was ready.\n"
                     f"command: {' '.join(self.argv)}\n--- last lines of its log ---\n{self.log_tail()}"
                 )
-            with contextlib.suppress(OSError):
-                status, _ = http("GET", self.base + "/v2/health/ready", timeout=1.0)
-                if status == 200:
-                    return
+            if self.is_ready():
+                return
             time.sleep(0.1)
         raise BenchError(
             f"{self.name} was not ready within {timeout:.0f}s.\n"
@@ -245,16 +256,26 @@ def run_wrk(url: str, lua: Path, connections: int, duration: int, threads: int) 
 
 def run_perf_analyzer(peers: Peers, server: Server, args: argparse.Namespace, grpc_port: int) -> dict[str, object]:
     """perf_analyzer at one concurrency; retried when it finds no stable measurement (noisy machines)."""
-    url = f"127.0.0.1:{server.http_port if args.pa_protocol == 'http' else grpc_port}"
-    argv = [
+    port = server.http_port if args.pa_protocol == "http" else grpc_port
+    argv = perf_analyzer_argv(peers, port, args.pa_protocol, args.pa_concurrency, 3000)
+    return perf_analyzer_attempts(argv, args.pa_timeout, args.pa_attempts)[0]
+
+
+def perf_analyzer_argv(peers: Peers, port: int, protocol: str, concurrency: int, measurement_ms: int) -> list[str]:
+    return [
         str(peers.perf_analyzer),
-        *("-m", MODEL, "-u", url, "-i", args.pa_protocol),
-        *("--concurrency-range", str(args.pa_concurrency), "-p", "3000", "--input-data", "random"),
+        *("-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", protocol),
+        *("--concurrency-range", str(concurrency), "-p", str(measurement_ms), "--input-data", "random"),
     ]
+
+
+def perf_analyzer_attempts(argv: list[str], timeout: float, attempts: int) -> tuple[dict[str, object], str]:
+    """Runs perf_analyzer up to `attempts` times while it finds no stable measurement; (result, its output)."""
     result: dict[str, object] = {}
-    for attempt in range(1, args.pa_attempts + 1):
+    text = ""
+    for attempt in range(1, attempts + 1):
         try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=args.pa_timeout, check=False)
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
             text, rc = out.stdout + out.stderr, out.returncode
         except subprocess.TimeoutExpired as exc:
             partial = exc.stdout or ""
@@ -262,12 +283,12 @@ def run_perf_analyzer(peers: Peers, server: Server, args: argparse.Namespace, gr
         found = re.findall(r"throughput: ([\d.]+) infer/sec", text)
         result = {"rc": rc, "attempts": attempt, "infer_per_s": float(found[-1]) if found else None}
         if rc == 0 and found:
-            return result
+            return result, text
         result["tail"] = text[-2000:]
         if "stable measurement" not in text:
             break
-        print(f"  perf_analyzer found no stable measurement (attempt {attempt}/{args.pa_attempts})", flush=True)
-    return result
+        print(f"  perf_analyzer found no stable measurement (attempt {attempt}/{attempts})", flush=True)
+    return result, text
 
 
 def make_server(name: str, repo: Path, peers: Peers, args: argparse.Namespace, logs: Path) -> tuple[Server, int]:
@@ -499,7 +520,11 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run_guarded(bench, parse_args(argv))
+
+
+def run_guarded(bench: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Runs a benchmark so that errors, Ctrl-C and SIGTERM end it with a status (the finally blocks stop servers)."""
     # Turn SIGTERM into an exception as well, so the finally blocks stop every server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell

@@ -96,7 +96,7 @@ async def serve(settings: ServerSettings) -> int:
     if http is not None:
         await http.close(timeout=1)
     if grpc is not None:
-        await grpc.close()
+        await grpc.close(timeout=5)  # answers being written once the core is drained
     if metrics is not None:
         await metrics.close()
     await server.unload()

@@ -4,6 +4,7 @@ serving the inference and health services."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import grpc
@@ -55,8 +56,12 @@ class GrpcListener:
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self._server.stop(grace))
 
-    async def close(self) -> None:
-        """Cancel whatever is still running and wait until the server is down."""
+    async def close(self, timeout: float) -> None:
+        """Give calls still writing their answers up to `timeout` seconds, cancel what is left (idle streams), and
+        wait until the server is down."""
+        if self._stopping is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._stopping), timeout)
         await self._server.stop(0)
         if self._stopping is not None:
             await self._stopping

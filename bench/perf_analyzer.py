@@ -192,6 +192,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="interpreter that runs `-m naiad serve` and the gRPC answer check (needs tritonclient[grpc], numpy)",
     )
     p.add_argument("--naiad-arg", action="append", default=[], help="extra argument for naiad serve (repeat)")
+    p.add_argument(
+        "--pa-arg",
+        action="append",
+        default=[],
+        help="extra perf_analyzer argument (repeat), e.g. --pa-arg=--streaming (gRPC only; the bare servicer has "
+        "no stream, so leave it out of --servers)",
+    )
     p.add_argument("--check-targets", action="store_true", help="exit 1 if naiad misses a target")
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "out"), help="directory for the JSON results")
     args = p.parse_args(argv)
@@ -286,6 +293,7 @@ def measure(
                 print(f"  {protocol:<4} c={conc:<3} skipped: {died}", flush=True)
                 continue
             pa_argv = perf_analyzer_argv(peers, server.port(protocol), protocol, conc, args.measurement_ms)
+            pa_argv += args.pa_arg
             result, text = perf_analyzer_attempts(pa_argv, args.pa_timeout, args.pa_attempts)
             if result["infer_per_s"] is None:
                 runs.append({**key, **result})

@@ -436,3 +436,10 @@ def test_health_follows_readiness(tmp_path: Path, naiad: ServerFactory) -> None:
         assert health.Check(health_pb2.HealthCheckRequest(service="")).status == not_serving
         assert health.Check(health_pb2.HealthCheckRequest(service="add_sub")).status == serving
         assert health.Check(health_pb2.HealthCheckRequest(service="broken")).status == not_serving
+
+
+def test_messages_beyond_grpcs_4_mib_default(client: grpcclient.InferenceServerClient) -> None:
+    """Triton takes messages up to 2 GiB; so does naiad (grpc's own default stops at 4 MiB)."""
+    value = np.arange(3_000_000, dtype=np.int32)  # 12 MB each way
+    result = client.infer("identity_int32", one_input("INPUT0", value, "INT32"))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), value)

@@ -199,7 +199,7 @@ class InferenceServer:
         """Wait up to `timeout` seconds for the requests in flight; returns how many are still running."""
         if self._in_flight:
             self._drained = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError itself from 3.11 on
                 await asyncio.wait_for(self._drained.wait(), timeout)
         return self._in_flight
 

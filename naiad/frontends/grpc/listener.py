@@ -60,7 +60,7 @@ class GrpcListener:
         """Give calls still writing their answers up to `timeout` seconds, cancel what is left (idle streams), and
         wait until the server is down."""
         if self._stopping is not None:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError itself from 3.11 on
                 await asyncio.wait_for(asyncio.shield(self._stopping), timeout)
         await self._server.stop(0)
         if self._stopping is not None:

@@ -45,15 +45,16 @@ def inference_count(server: RunningServer) -> int:
     return int(reply.json()["model_stats"][0]["inference_count"])
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("protocol", ["grpc", "grpc-streaming", "http"])
 def test_perf_analyzer_measures_add_sub(server: RunningServer, protocol: str) -> None:
-    address = server.grpc_address if protocol == "grpc" else server.address
+    address = server.grpc_address if protocol.startswith("grpc") else server.address
     before = inference_count(server)
     command = [
         str(perf_analyzer()),
         "-m", "add_sub",
         "-u", address,
-        "-i", protocol,
+        "-i", protocol.split("-")[0],
+        *(["--streaming"] if protocol == "grpc-streaming" else []),
         "--concurrency-range", "1:4:3",
         "-p", "1000",
         "--input-data", "random",

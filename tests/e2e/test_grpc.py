@@ -389,16 +389,6 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, naiad: ServerFactory) -> N
     assert f"{first.grpc_port}" in str(caught.value)
 
 
-def test_missing_tls_files_are_named(tmp_path: Path, naiad: ServerFactory) -> None:
-    repo = tmp_path / "models"
-    models.write_model(repo, "add_sub", models.add_sub_config(), models.ADD_SUB)
-    with pytest.raises(AssertionError) as caught:
-        naiad.start(
-            repo, "--grpc-use-ssl=true", f"--grpc-server-cert={tmp_path}/none.pem", "--grpc-server-key=k", grpc=True
-        )
-    assert "--grpc-server-key file 'k'" in str(caught.value) or "none.pem" in str(caught.value)
-
-
 def test_stream_answers_in_request_order(tmp_path: Path, naiad: ServerFactory) -> None:
     repo = tmp_path / "models"
     slow = models.identity_config(

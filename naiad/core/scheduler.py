@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable
 
 from naiad.core.instances import InstanceRunner, Outcome
 from naiad.core.stats import ModelStats
+from naiad.core.validation import tag
 from naiad.domain.errors import ServerError, unavailable
 from naiad.domain.model_config import DynamicBatching, TimeoutAction
 from naiad.domain.tensors import InferenceRequest, InferenceResult
@@ -98,7 +99,7 @@ class Scheduler:
     def submit(self, request: InferenceRequest, batch_size: int, key: Hashable, done: Done) -> None:
         """Queue a checked request; `done` is later called on the loop with its result or `ServerError`."""
         if self._max_queue and len(self._queue) + len(self._delayed) >= self._max_queue:
-            raise unavailable("Exceeds maximum queue size")
+            raise unavailable(f"{tag(request)}Exceeds maximum queue size")
         pending = Pending(request, batch_size, key, done, time.monotonic_ns())
         timeout = self._timeout_ns
         if self._allow_override:

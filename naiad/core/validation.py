@@ -17,6 +17,11 @@ _BATCH_NOTE = (
 )
 
 
+def tag(request: InferenceRequest) -> str:
+    """Triton's prefix on the errors its core finds in a request: `[request id: <id>] `."""
+    return f"[request id: {request.id or '<id_unknown>'}] "
+
+
 class RequestChecker:
     """Validates requests for one model; built once per loaded model version."""
 
@@ -44,28 +49,30 @@ class RequestChecker:
             seen.add(tensor.name)
             if tensor.datatype != spec.datatype:
                 raise invalid(
-                    f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model '{model}' "
-                    f"expects '{spec.datatype}'"
+                    f"{tag(request)}inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
+                    f"'{model}' expects '{spec.datatype}'"
                 )
             shape = tensor.shape
             if self._max_batch:
                 if not shape or not _matches(shape[1:], spec.dims):
-                    raise invalid(self._shape_message(tensor, spec, batched=True))
+                    raise invalid(tag(request) + self._shape_message(tensor, spec, batched=True))
                 size = shape[0]
                 if batch and size != batch:
-                    raise invalid(f"input '{tensor.name}' batch size does not match other inputs for '{model}'")
+                    raise invalid(
+                        f"{tag(request)}input '{tensor.name}' batch size does not match other inputs for '{model}'"
+                    )
                 batch = size
             elif not _matches(shape, spec.dims):
-                raise invalid(self._shape_message(tensor, spec, batched=False))
+                raise invalid(tag(request) + self._shape_message(tensor, spec, batched=False))
         if len(seen) != len(self._inputs):
             missing = [name for name in self._required if name not in seen]
             if missing:
-                raise invalid(self._missing_message(seen, missing))
+                raise invalid(tag(request) + self._missing_message(seen, missing))
         if self._max_batch:
             if batch > self._max_batch:
-                raise invalid(f"inference request batch-size must be <= {self._max_batch} for '{model}'")
+                raise invalid(f"{tag(request)}inference request batch-size must be <= {self._max_batch} for '{model}'")
             if batch < 1:
-                raise invalid(f"inference request batch-size must be >= 1 for '{model}', got {batch}")
+                raise invalid(f"{tag(request)}inference request batch-size must be >= 1 for '{model}', got {batch}")
         else:
             batch = 1
         if request.outputs is not None:

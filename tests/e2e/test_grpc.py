@@ -433,3 +433,18 @@ def test_messages_beyond_grpcs_4_mib_default(client: grpcclient.InferenceServerC
     value = np.arange(3_000_000, dtype=np.int32)  # 12 MB each way
     result = client.infer("identity_int32", one_input("INPUT0", value, "INT32"))
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), value)
+
+
+def test_core_errors_carry_the_request_id(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    """As Triton's core does: '[request id: <id>] ' before what the checks of the request find."""
+    message = pb.ModelInferRequest(model_name="add_sub", id="req-7")
+    message.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+    message.raw_input_contents.append(bytes(64))
+    details = expect_error(lambda: stub.ModelInfer(message), grpc.StatusCode.INVALID_ARGUMENT)
+    assert details == (
+        "[request id: req-7] expected 2 inputs but got 1 inputs for model 'add_sub'. Got input(s) ['INPUT0'], but "
+        "missing required input(s) ['INPUT1']. Please provide all required input(s)."
+    )
+    message.id = ""
+    details = expect_error(lambda: stub.ModelInfer(message), grpc.StatusCode.INVALID_ARGUMENT)
+    assert details.startswith("[request id: <id_unknown>] expected 2 inputs but got 1 inputs")

@@ -105,7 +105,7 @@ def test_full_queue_is_rejected_with_503(server: RunningServer) -> None:
         time.sleep(0.3)  # queued: the queue is full
         third = requests.post(url, json=body(3))
         assert third.status_code == 503
-        assert third.json() == {"error": "Exceeds maximum queue size"}
+        assert third.json() == {"error": "[request id: <id_unknown>] Exceeds maximum queue size"}
         assert first.result().status_code == 200 and second.result().status_code == 200
         assert second.result().json()["outputs"][0]["data"] == [2]
 

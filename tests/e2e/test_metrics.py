@@ -243,7 +243,9 @@ def test_pending_requests_and_a_full_queue(server: RunningServer) -> None:
         time.sleep(0.3)  # queued
         assert scrape(server).value("nv_inference_pending_request_count", **labels) == 1
         third = requests.post(url, json=slow_body(3))
-        assert third.status_code == 503 and third.json() == {"error": "Exceeds maximum queue size"}
+        assert third.status_code == 503 and third.json() == {
+            "error": "[request id: <id_unknown>] Exceeds maximum queue size"
+        }
         assert first.result().status_code == 200 and second.result().status_code == 200
     metrics = scrape(server)
     assert metrics.value("nv_inference_pending_request_count", **labels) == 0

@@ -116,7 +116,7 @@ async def _start_http(server: InferenceServer, settings: ServerSettings) -> Http
         logger.error("%s", message)
         print(f"error: {message}", file=sys.stderr)
         return None
-    logger.info("started HTTPService at %s:%d", settings.http_address, port)
+    logger.info("Started HTTPService at %s:%d", settings.http_address, port)
     return listener
 
 
@@ -129,7 +129,7 @@ async def _start_grpc(server: InferenceServer, settings: ServerSettings) -> Grpc
         logger.error("%s", message)
         print(f"error: {message}", file=sys.stderr)
         return None
-    logger.info("started GRPCInferenceService at %s:%d", settings.grpc.address, port)
+    logger.info("Started GRPCInferenceService at %s:%d", settings.grpc.address, port)
     return listener
 
 

@@ -221,16 +221,48 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="compress gRPC responses to clients that accept it (default none)",
     )
-    serve.add_argument("--grpc-keepalive-time", type=_non_negative, default=7_200_000, metavar="MS")
-    serve.add_argument("--grpc-keepalive-timeout", type=_non_negative, default=20_000, metavar="MS")
-    _flag(serve, "--grpc-keepalive-permit-without-calls", False, "allow keep-alive pings with no call open")
-    serve.add_argument("--grpc-http2-max-pings-without-data", type=_non_negative, default=2, metavar="N")
     serve.add_argument(
-        "--grpc-http2-min-recv-ping-interval-without-data", type=_non_negative, default=300_000, metavar="MS"
+        "--grpc-keepalive-time", type=_non_negative, default=7_200_000, metavar="MS", help="keep-alive ping period"
     )
-    serve.add_argument("--grpc-http2-max-ping-strikes", type=_non_negative, default=2, metavar="N")
-    serve.add_argument("--grpc-max-connection-age", type=_non_negative, default=0, metavar="MS", help="0: no limit")
-    serve.add_argument("--grpc-max-connection-age-grace", type=_non_negative, default=0, metavar="MS")
+    serve.add_argument(
+        "--grpc-keepalive-timeout", type=_non_negative, default=20_000, metavar="MS", help="wait for a ping's answer"
+    )
+    _flag(serve, "--grpc-keepalive-permit-without-calls", False, "allow keep-alive pings with no call open")
+    serve.add_argument(
+        "--grpc-http2-max-pings-without-data",
+        type=_non_negative,
+        default=2,
+        metavar="N",
+        help="pings the server sends with no data in between (0: no limit)",
+    )
+    serve.add_argument(
+        "--grpc-http2-min-recv-ping-interval-without-data",
+        type=_non_negative,
+        default=300_000,
+        metavar="MS",
+        help="shortest interval between a client's pings with no data before they count as strikes",
+    )
+    serve.add_argument(
+        "--grpc-http2-max-ping-strikes",
+        type=_non_negative,
+        default=2,
+        metavar="N",
+        help="bad pings before the connection is closed (0: no limit)",
+    )
+    serve.add_argument(
+        "--grpc-max-connection-age",
+        type=_non_negative,
+        default=0,
+        metavar="MS",
+        help="close older connections (0: no limit)",
+    )
+    serve.add_argument(
+        "--grpc-max-connection-age-grace",
+        type=_non_negative,
+        default=0,
+        metavar="MS",
+        help="time calls get to finish once a connection is too old (0: no limit)",
+    )
     serve.add_argument("--metrics-port", type=_port, default=8002, help="metrics port (default 8002)")
     serve.add_argument(
         "--metrics-address",

@@ -75,6 +75,11 @@ class InferenceServer:
             return False
         return self._manager.all_ready() if self.settings.strict_readiness else True
 
+    @property
+    def exiting(self) -> bool:
+        """Whether shutdown has begun."""
+        return self._exiting
+
     def metadata(self) -> dict[str, Any]:
         """Server metadata: name, version and the extensions that work."""
         return {"name": self.settings.server_id, "version": __version__, "extensions": list(EXTENSIONS)}

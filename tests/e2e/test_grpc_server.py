@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests import models
@@ -432,3 +434,18 @@ def test_keepalive_and_connection_age_flags_are_accepted(tmp_path: Path, naiad: 
         for _ in range(3):
             assert_add_sub(client)
     assert server.process.poll() is None
+
+
+def test_health_watch_sees_shutdown_and_does_not_hold_it_up(tmp_path: Path, naiad: ServerFactory) -> None:
+    server = naiad.start(add_sub_repository(tmp_path), grpc=True)
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(StopIteration):  # the server ends the stream itself
+            next(watch)
+        assert server.process.wait(30) == 0, server.log()
+    # an open Watch stream must not make shutdown wait for the gRPC grace period (5 s)
+    assert time.monotonic() - started < 4, server.log()

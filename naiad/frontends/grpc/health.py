@@ -18,7 +18,8 @@ _NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class HealthService:
-    """Check, List and Watch; Watch sends the status when the stream opens and again each time it changes."""
+    """Check, List and Watch; Watch sends the status when the stream opens and again each time it changes, and
+    ends once shutdown has begun (after sending NOT_SERVING)."""
 
     def __init__(self, server: InferenceServer, watch_interval: float = 1.0) -> None:
         self.server = server
@@ -50,4 +51,6 @@ class HealthService:
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
+            if self.server.exiting:  # NOT_SERVING is sent; end the stream so that shutdown need not wait for it
+                return
             await asyncio.sleep(self.watch_interval)

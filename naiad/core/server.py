@@ -155,7 +155,8 @@ class InferenceServer:
 
     async def infer(self, name: str, version: str, request: InferenceRequest) -> InferenceResponse:
         """Run one request and wait for its response; raises `ServerError` on any failure."""
-        future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()  # asyncio.get_running_loop costs a getpid() each call
+        future: asyncio.Future[InferenceResponse] = loop.create_future()
 
         def done(outcome: InferenceResponse | ServerError) -> None:
             if future.done():

@@ -232,6 +232,19 @@ def add_sub_config(name: str = "add_sub", batching: str = "dynamic_batching { }"
     """
 
 
+def slow_batched_config(name: str, delay: float, extra: str = "") -> str:
+    """A config for `SLOW`: batches of one INT32 [1], each execution taking `delay` seconds."""
+    return f"""
+        name: "{name}"
+        backend: "python"
+        max_batch_size: 1
+        input [ {{ name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+        output [ {{ name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+        parameters: {{ key: "delay_s" value: {{ string_value: "{delay}" }} }}
+        {extra}
+    """
+
+
 def identity_config(name: str, config_type: str, batch: int = 0, extra: str = "") -> str:
     """One input and one output of the same type and a variable-size dimension."""
     return f"""

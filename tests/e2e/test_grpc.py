@@ -21,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests import models
 from tests.conftest import RunningServer, ServerFactory
+from tests.grpc_inputs import add_sub_inputs, one_input
 
 A = np.arange(16, dtype=np.float32).reshape(1, 16)
 B = np.ones((1, 16), dtype=np.float32)
@@ -44,21 +45,6 @@ def client(server: RunningServer) -> Iterator[grpcclient.InferenceServerClient]:
 def stub(server: RunningServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
     with grpc.insecure_channel(server.grpc_address) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
-
-
-def add_sub_inputs(a: np.ndarray = A, b: np.ndarray = B) -> list[grpcclient.InferInput]:
-    inputs = []
-    for name, value in (("INPUT0", a), ("INPUT1", b)):
-        tensor = grpcclient.InferInput(name, list(value.shape), "FP32")
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    return inputs
-
-
-def one_input(name: str, value: np.ndarray, datatype: str) -> list[grpcclient.InferInput]:
-    tensor = grpcclient.InferInput(name, list(value.shape), datatype)
-    tensor.set_data_from_numpy(value)
-    return [tensor]
 
 
 def expect_error(call: Any, code: grpc.StatusCode, *fragments: str) -> str:
@@ -112,7 +98,7 @@ def test_metadata_errors_name_the_model(client: grpcclient.InferenceServerClient
 def test_statistics_count_inferences(client: grpcclient.InferenceServerClient) -> None:
     before = client.get_inference_statistics("add_sub_plain").model_stats[0]
     for _ in range(3):
-        client.infer("add_sub_plain", add_sub_inputs())
+        client.infer("add_sub_plain", add_sub_inputs(A, B))
     after = client.get_inference_statistics("add_sub_plain", "1").model_stats[0]
     assert after.name == "add_sub_plain" and after.version == "1"
     assert after.inference_count == before.inference_count + 3
@@ -161,7 +147,7 @@ def test_standard_health_service(server: RunningServer) -> None:
 
 
 def test_infer_raw_contents(client: grpcclient.InferenceServerClient) -> None:
-    result = client.infer("add_sub", add_sub_inputs(), request_id="42")
+    result = client.infer("add_sub", add_sub_inputs(A, B), request_id="42")
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), A + B)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), A - B)
     response = result.get_response()
@@ -285,7 +271,7 @@ def test_input_errors(client: grpcclient.InferenceServerClient, stub: pb_grpc.GR
 
 
 def test_requested_outputs_parameters_and_classification(client: grpcclient.InferenceServerClient) -> None:
-    only_one = client.infer("add_sub", add_sub_inputs(), outputs=[grpcclient.InferRequestedOutput("OUTPUT1")])
+    only_one = client.infer("add_sub", add_sub_inputs(A, B), outputs=[grpcclient.InferRequestedOutput("OUTPUT1")])
     assert [o.name for o in only_one.get_response().outputs] == ["OUTPUT1"]
     echo = client.infer(
         "params_echo",
@@ -312,14 +298,14 @@ def test_async_infer_and_compression(client: grpcclient.InferenceServerClient) -
         done.put((result, error))
 
     for k in range(8):
-        client.async_infer("add_sub", add_sub_inputs(A * k), callback, request_id=str(k))
+        client.async_infer("add_sub", add_sub_inputs(A * k, B), callback, request_id=str(k))
     results = [done.get(timeout=10) for _ in range(8)]
     assert all(error is None for _, error in results)
     for result, _ in results:
         k = int(result.get_response().id)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), A * k + B)
     for algorithm in ("gzip", "deflate"):
-        zipped = client.infer("add_sub", add_sub_inputs(), compression_algorithm=algorithm)
+        zipped = client.infer("add_sub", add_sub_inputs(A, B), compression_algorithm=algorithm)
         np.testing.assert_array_equal(zipped.as_numpy("OUTPUT1"), A - B)
 
 
@@ -329,10 +315,10 @@ def test_stream_of_requests_with_an_error_in_the_middle(client: grpcclient.Infer
     try:
         for k in range(5):
             model = "nope" if k == 2 else "add_sub"
-            client.async_stream_infer(model, add_sub_inputs(A * k), request_id=str(k))
-        bad = add_sub_inputs()[:1]
+            client.async_stream_infer(model, add_sub_inputs(A * k, B), request_id=str(k))
+        bad = add_sub_inputs(A, B)[:1]
         client.async_stream_infer("add_sub", bad, request_id="missing-input")
-        client.async_stream_infer("add_sub", add_sub_inputs(A * 9), request_id="9")
+        client.async_stream_infer("add_sub", add_sub_inputs(A * 9, B), request_id="9")
         got = [answers.get(timeout=10) for _ in range(7)]
     finally:
         client.stop_stream()

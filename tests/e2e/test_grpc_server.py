@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests import models
 from tests.conftest import RunningServer, ServerFactory
+from tests.grpc_inputs import add_sub_inputs
 
 A = np.arange(16, dtype=np.float32).reshape(1, 16)
 B = np.full((1, 16), 2.0, dtype=np.float32)
@@ -36,18 +37,9 @@ def add_sub_repository(root: Path) -> Path:
     return repo
 
 
-def add_sub_inputs(a: np.ndarray = A, b: np.ndarray = B) -> list[grpcclient.InferInput]:
-    inputs = []
-    for name, value in (("INPUT0", a), ("INPUT1", b)):
-        tensor = grpcclient.InferInput(name, list(value.shape), "FP32")
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    return inputs
-
-
 def assert_add_sub(client: grpcclient.InferenceServerClient, **kwargs: Any) -> None:
     """One add_sub inference through `client` gives the right sum and difference."""
-    result = client.infer("add_sub", add_sub_inputs(), client_timeout=10, **kwargs)
+    result = client.infer("add_sub", add_sub_inputs(A, B), client_timeout=10, **kwargs)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), A + B)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), A - B)
 
@@ -56,7 +48,7 @@ def assert_refused(client: grpcclient.InferenceServerClient) -> InferenceServerE
     """An inference through `client` is refused promptly with UNAVAILABLE (no hang until the deadline)."""
     started = time.monotonic()
     with pytest.raises(InferenceServerException) as caught:
-        client.infer("add_sub", add_sub_inputs(), client_timeout=10)
+        client.infer("add_sub", add_sub_inputs(A, B), client_timeout=10)
     assert time.monotonic() - started < 8, "the call hung instead of being refused"
     assert caught.value.status() == "StatusCode.UNAVAILABLE", caught.value
     return caught.value

@@ -12,16 +12,6 @@ import requests
 from tests import models
 from tests.conftest import RunningServer, ServerFactory
 
-SLOW_BATCHED = """
-    name: "{name}"
-    backend: "python"
-    max_batch_size: 1
-    input [ {{ name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] }} ]
-    output [ {{ name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] }} ]
-    parameters: {{ key: "delay_s" value: {{ string_value: "{delay}" }} }}
-    {extra}
-"""
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
@@ -30,7 +20,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     models.write_model(
         repo,
         "queue_limited",
-        SLOW_BATCHED.format(
+        models.slow_batched_config(
             name="queue_limited", delay=1.0, extra="dynamic_batching { default_queue_policy { max_queue_size: 1 } }"
         ),
         models.SLOW,
@@ -38,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     models.write_model(
         repo,
         "queue_timeout",
-        SLOW_BATCHED.format(
+        models.slow_batched_config(
             name="queue_timeout",
             delay=3.0,
             extra="dynamic_batching { default_queue_policy { timeout_action: REJECT "
@@ -49,9 +39,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     models.write_model(
         repo,
         "parallel",
-        SLOW_BATCHED.format(name="parallel", delay=0.5, extra="instance_group [{ count: 4 kind: KIND_CPU }]").replace(
-            "output [", 'output [ { name: "SPAN" data_type: TYPE_FP64 dims: [ 2 ] },'
-        ),
+        models.slow_batched_config(
+            name="parallel", delay=0.5, extra="instance_group [{ count: 4 kind: KIND_CPU }]"
+        ).replace("output [", 'output [ { name: "SPAN" data_type: TYPE_FP64 dims: [ 2 ] },'),
         PARALLEL,
     )
     models.write_model(

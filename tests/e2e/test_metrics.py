@@ -18,16 +18,6 @@ import requests
 from tests import models
 from tests.conftest import RunningServer, ServerFactory
 
-SLOW_BATCHED = """
-    name: "{name}"
-    backend: "python"
-    max_batch_size: 1
-    input [ {{ name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] }} ]
-    output [ {{ name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] }} ]
-    parameters: {{ key: "delay_s" value: {{ string_value: "{delay}" }} }}
-    {extra}
-"""
-
 NOT_CACHED = "(does not include cached requests)"
 # Every per-model family Triton 2.51 writes by default (and the load time of later versions): type and help text.
 MODEL_FAMILIES = {
@@ -106,6 +96,12 @@ class Scrape:
         assert len(found) == 1, f"{name}{labels}: {len(found)} samples"
         return found[0]
 
+    def failures(self, model: str) -> dict[str, float]:
+        """`nv_inference_request_failure` of version 1 of `model`, by reason."""
+        return {
+            r: self.value("nv_inference_request_failure", model=model, reason=r, version="1") for r in sorted(REASONS)
+        }
+
 
 def scrape(server: RunningServer) -> Scrape:
     reply = requests.get(server.metrics_url, timeout=10)
@@ -137,7 +133,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     models.write_model(
         repo,
         "queue_limited",
-        SLOW_BATCHED.format(
+        models.slow_batched_config(
             name="queue_limited", delay=1.0, extra="dynamic_batching { default_queue_policy { max_queue_size: 1 } }"
         ),
         models.SLOW,
@@ -145,7 +141,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     models.write_model(
         repo,
         "queue_timeout",
-        SLOW_BATCHED.format(
+        models.slow_batched_config(
             name="queue_timeout",
             delay=1.5,
             extra="dynamic_batching { default_queue_policy { timeout_action: REJECT "
@@ -189,8 +185,7 @@ def test_counts_after_known_traffic(server: RunningServer) -> None:
     assert metrics.value("nv_inference_request_success", **add_sub) == 6
     assert metrics.value("nv_inference_count", **add_sub) == 8  # a batch of 3 counts 3 inferences
     assert metrics.value("nv_inference_exec_count", **add_sub) == 6
-    for reason in REASONS:
-        assert metrics.value("nv_inference_request_failure", model="add_sub", reason=reason, version="1") == 0
+    assert metrics.failures("add_sub") == dict.fromkeys(REASONS, 0)
     assert metrics.value("nv_inference_pending_request_count", **add_sub) == 0
     # The latency counters are the statistics endpoint's nanoseconds in microseconds: one source for both.
     stats = requests.get(server.url + "/v2/models/add_sub/stats").json()["model_stats"][0]["inference_stats"]
@@ -210,10 +205,7 @@ def test_a_model_that_raises_is_a_backend_failure(server: RunningServer) -> None
     body = {"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "INT32", "data": [1]}]}
     assert requests.post(server.url + "/v2/models/failing/infer", json=body).status_code == 500
     metrics = scrape(server)
-    failures = {
-        r: metrics.value("nv_inference_request_failure", model="failing", reason=r, version="1") for r in REASONS
-    }
-    assert failures == {"REJECTED": 0, "CANCELED": 0, "BACKEND": 1, "OTHER": 0}
+    assert metrics.failures("failing") == {"REJECTED": 0, "CANCELED": 0, "BACKEND": 1, "OTHER": 0}
     assert metrics.value("nv_inference_request_success", model="failing", version="1") == 0
 
 
@@ -226,10 +218,7 @@ def test_a_queue_timeout_is_rejected(server: RunningServer) -> None:
         assert second.status_code == 503 and second.json() == {"error": "Request timeout expired"}
         assert first.result().status_code == 200
     metrics = scrape(server)
-    failures = {
-        r: metrics.value("nv_inference_request_failure", model="queue_timeout", reason=r, version="1") for r in REASONS
-    }
-    assert failures == {"REJECTED": 1, "CANCELED": 0, "BACKEND": 0, "OTHER": 0}
+    assert metrics.failures("queue_timeout") == {"REJECTED": 1, "CANCELED": 0, "BACKEND": 0, "OTHER": 0}
     assert metrics.value("nv_inference_request_success", model="queue_timeout", version="1") == 1
 
 
@@ -251,8 +240,7 @@ def test_pending_requests_and_a_full_queue(server: RunningServer) -> None:
     assert metrics.value("nv_inference_pending_request_count", **labels) == 0
     assert metrics.value("nv_inference_request_success", **labels) == 2
     # As in Triton, a request refused before it is queued is no failure of the model.
-    for reason in REASONS:
-        assert metrics.value("nv_inference_request_failure", model="queue_limited", reason=reason, version="1") == 0
+    assert metrics.failures("queue_limited") == dict.fromkeys(REASONS, 0)
 
 
 def test_model_load_times(server: RunningServer) -> None:
@@ -303,7 +291,7 @@ def test_metrics_address_defaults_to_the_http_address(tmp_path: Path, naiad: Ser
 
 def test_summaries_and_histogram_without_latency_counters(tmp_path: Path, naiad: ServerFactory) -> None:
     repo = tmp_path / "models"
-    models.write_model(repo, "slow", SLOW_BATCHED.format(name="slow", delay=0.2, extra=""), models.SLOW)
+    models.write_model(repo, "slow", models.slow_batched_config(name="slow", delay=0.2, extra=""), models.SLOW)
     server = naiad.start(
         repo,
         "--metrics-config=summary_latencies=true",

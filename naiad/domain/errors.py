@@ -48,3 +48,17 @@ def unavailable(message: str) -> ServerError:
 def internal(message: str) -> ServerError:
     """The model's own failure (HTTP 500)."""
     return ServerError(ErrorCode.INTERNAL, message)
+
+
+# The protocol extensions naiad does not have, and what a client asking for one is told, over either protocol.
+MISSING_EXTENSIONS = {
+    "system_shared_memory": "system shared memory is not supported by naiad",
+    "cuda_shared_memory": "CUDA shared memory is not supported by naiad",
+    "trace": "tracing is not supported by naiad yet",
+    "logging": "the logging API is not supported by naiad yet",
+}
+
+
+def missing_extension(extension: str) -> ServerError:
+    """The refusal of an extension of `MISSING_EXTENSIONS` (HTTP 501, gRPC UNIMPLEMENTED)."""
+    return ServerError(ErrorCode.UNSUPPORTED, MISSING_EXTENSIONS[extension])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 from google.protobuf import json_format
@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
 from naiad.core.server import InferenceServer
-from naiad.domain.errors import ErrorCode, ServerError
+from naiad.domain.errors import ServerError, missing_extension
 from naiad.domain.tensors import InferenceResponse
 from naiad.frontends.grpc import codec
 from naiad.frontends.grpc.errors import status_of
@@ -22,12 +22,14 @@ FINAL_RESPONSE = "triton_final_response"
 
 Context = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
 
-_UNSUPPORTED = {
-    "shared memory": "system shared memory is not supported by naiad",
-    "cuda shared memory": "CUDA shared memory is not supported by naiad",
-    "trace": "tracing is not supported by naiad yet",
-    "logging": "the logging API is not supported by naiad yet",
-}
+
+def _refusing(extension: str) -> Callable[[Any, Any, Context], Awaitable[NoReturn]]:
+    """An RPC of an extension naiad does not have: UNIMPLEMENTED, saying so."""
+
+    async def rpc(self: Any, request: Any, context: Context) -> NoReturn:
+        await _abort(context, missing_extension(extension))
+
+    return rpc
 
 
 class InferenceService:
@@ -124,29 +126,14 @@ class InferenceService:
 
     # Extensions naiad does not have: UNIMPLEMENTED, saying so
 
-    async def SystemSharedMemoryStatus(self, request: Any, context: Context) -> NoReturn:
-        await _refuse(context, "shared memory")
-
-    async def SystemSharedMemoryRegister(self, request: Any, context: Context) -> NoReturn:
-        await _refuse(context, "shared memory")
-
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Context) -> NoReturn:
-        await _refuse(context, "shared memory")
-
-    async def CudaSharedMemoryStatus(self, request: Any, context: Context) -> NoReturn:
-        await _refuse(context, "cuda shared memory")
-
-    async def CudaSharedMemoryRegister(self, request: Any, context: Context) -> NoReturn:
-        await _refuse(context, "cuda shared memory")
-
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Context) -> NoReturn:
-        await _refuse(context, "cuda shared memory")
-
-    async def TraceSetting(self, request: Any, context: Context) -> NoReturn:
-        await _refuse(context, "trace")
-
-    async def LogSettings(self, request: Any, context: Context) -> NoReturn:
-        await _refuse(context, "logging")
+    SystemSharedMemoryStatus = _refusing("system_shared_memory")
+    SystemSharedMemoryRegister = _refusing("system_shared_memory")
+    SystemSharedMemoryUnregister = _refusing("system_shared_memory")
+    CudaSharedMemoryStatus = _refusing("cuda_shared_memory")
+    CudaSharedMemoryRegister = _refusing("cuda_shared_memory")
+    CudaSharedMemoryUnregister = _refusing("cuda_shared_memory")
+    TraceSetting = _refusing("trace")
+    LogSettings = _refusing("logging")
 
 
 class _Stream:
@@ -208,7 +195,3 @@ def _stream_error(message: str, response: pb.ModelInferResponse) -> pb.ModelStre
 async def _abort(context: Context, exc: ServerError) -> NoReturn:
     await context.abort(status_of(exc.code), exc.message)
     raise AssertionError("unreachable: abort raises")
-
-
-async def _refuse(context: Context, what: str) -> NoReturn:
-    await _abort(context, ServerError(ErrorCode.UNSUPPORTED, _UNSUPPORTED[what]))

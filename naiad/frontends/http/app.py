@@ -8,7 +8,7 @@ import logging
 import orjson
 
 from naiad.core.server import InferenceServer
-from naiad.domain.errors import ErrorCode, ServerError, invalid, not_found
+from naiad.domain.errors import ErrorCode, ServerError, invalid, missing_extension, not_found
 from naiad.domain.tensors import InferenceResponse
 from naiad.frontends.http import codec
 from naiad.frontends.http.compression import MIN_COMPRESSED_SIZE, choose_encoding, compress, decompress
@@ -20,11 +20,12 @@ logger = logging.getLogger("naiad.http")
 _OCTET = b"application/octet-stream"
 _TEXT = b"text/plain"
 _MODEL_ACTIONS = frozenset({"ready", "config", "infer", "stats"})
-_UNSUPPORTED = {
-    "systemsharedmemory": "system shared memory is not supported by naiad",
-    "cudasharedmemory": "CUDA shared memory is not supported by naiad",
-    "trace": "tracing is not supported by naiad yet",
-    "logging": "the logging API is not supported by naiad yet",
+# /v2/<section> of the extensions naiad does not have.
+_MISSING = {
+    "systemsharedmemory": "system_shared_memory",
+    "cudasharedmemory": "cuda_shared_memory",
+    "trace": "trace",
+    "logging": "logging",
 }
 
 
@@ -76,8 +77,8 @@ class HttpApp:
             return HttpReply(200 if ok else 400, content_type=_TEXT)
         if section == "repository":
             return self._repository_route(request, parts[3:])
-        if section in _UNSUPPORTED:
-            raise ServerError(ErrorCode.UNSUPPORTED, _UNSUPPORTED[section])
+        if section in _MISSING:
+            raise missing_extension(_MISSING[section])
         raise not_found("Not Found")
 
     def _model_route(self, request: HttpRequest, rest: list[str], respond: Respond) -> HttpReply | None:

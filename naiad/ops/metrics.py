@@ -204,14 +204,7 @@ class MetricsRegistry:
 
 def _recorded(model: ModelStatistics, phase: str) -> tuple[int, int]:
     """(count, nanoseconds) the core recorded for a phase; the request phase is successful requests."""
-    stats = model.stats
-    duration = {
-        "request": stats.success,
-        "queue": stats.queue,
-        "compute_input": stats.compute_input,
-        "compute_infer": stats.compute_infer,
-        "compute_output": stats.compute_output,
-    }[phase]
+    duration = getattr(model.stats, "success" if phase == "request" else phase)
     return duration.count, duration.ns
 
 

@@ -339,24 +339,29 @@ def fmt(x: float | None, spec: str = ",.0f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def add_server_arguments(p: argparse.ArgumentParser, naiad_python_help: str) -> None:
+    """The options both benchmarks share: rounds, readiness, where the peers are, how naiad runs."""
     default_python = REPO_ROOT / ".venv" / "bin" / "python"
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--servers", default="triton,naiad,bare", help="comma list of triton,naiad,bare")
     p.add_argument("--rounds", type=int, default=3, help="rounds; servers alternate within each round")
-    p.add_argument("--connections", default="1,16", help="wrk connection counts, comma list")
-    p.add_argument("--duration", type=int, default=8, help="seconds of each timed wrk run")
-    p.add_argument("--warmup", type=int, default=2, help="seconds of untimed wrk load after each start")
-    p.add_argument("--threads", type=int, default=1, help="wrk threads")
-    p.add_argument("--ready-timeout", type=float, default=90.0, help="seconds to wait for /v2/health/ready")
+    p.add_argument("--ready-timeout", type=float, default=90.0, help="seconds to wait for a server to be ready")
     p.add_argument("--peers-dir", default=os.environ.get("PEERS_DIR", "/tmp/peers"), help="peers install dir")
     p.add_argument("--peers-src", default=str(REPO_ROOT.parent / "shared" / "peers"), help="setup.sh's dir")
     p.add_argument(
         "--naiad-python",
         default=str(default_python if default_python.exists() else sys.executable),
-        help="interpreter that runs `-m naiad serve`",
+        help=naiad_python_help,
     )
     p.add_argument("--naiad-arg", action="append", default=[], help="extra argument for naiad serve (repeat)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--servers", default="triton,naiad,bare", help="comma list of triton,naiad,bare")
+    add_server_arguments(p, "interpreter that runs `-m naiad serve`")
+    p.add_argument("--connections", default="1,16", help="wrk connection counts, comma list")
+    p.add_argument("--duration", type=int, default=8, help="seconds of each timed wrk run")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of untimed wrk load after each start")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--perf-analyzer", action="store_true", help="also run perf_analyzer on triton and naiad")
     p.add_argument("--no-wrk", action="store_true", help="skip wrk (with --perf-analyzer: perf_analyzer only)")
     p.add_argument("--pa-protocol", choices=("http", "grpc"), default="http")

@@ -27,6 +27,7 @@ from http_json import (
     BenchError,
     Peers,
     Server,
+    add_server_arguments,
     check_answer,
     fmt,
     free_port,
@@ -174,24 +175,16 @@ def git_state() -> dict[str, object]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    default_python = REPO_ROOT / ".venv" / "bin" / "python"
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--servers", default=",".join(ALL_SERVERS), help="comma list of triton,naiad,bare (bare: gRPC only)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds; servers alternate within each round")
+    add_server_arguments(
+        p, "interpreter that runs `-m naiad serve` and the gRPC answer check (needs tritonclient[grpc], numpy)"
+    )
     p.add_argument("--protocols", default=",".join(ALL_PROTOCOLS), help="comma list of grpc,http")
     p.add_argument("--concurrency", default="1,16", help="perf_analyzer concurrencies, comma list")
     p.add_argument("--measurement-ms", type=int, default=3000, help="perf_analyzer -p (measurement window, ms)")
     p.add_argument("--pa-timeout", type=int, default=180, help="seconds before a perf_analyzer run is killed")
     p.add_argument("--pa-attempts", type=int, default=3, help="tries when perf_analyzer finds no stable figure")
-    p.add_argument("--ready-timeout", type=float, default=90.0, help="seconds to wait for a server to be ready")
-    p.add_argument("--peers-dir", default=os.environ.get("PEERS_DIR", "/tmp/peers"), help="peers install dir")
-    p.add_argument("--peers-src", default=str(REPO_ROOT.parent / "shared" / "peers"), help="setup.sh's dir")
-    p.add_argument(
-        "--naiad-python",
-        default=str(default_python if default_python.exists() else sys.executable),
-        help="interpreter that runs `-m naiad serve` and the gRPC answer check (needs tritonclient[grpc], numpy)",
-    )
-    p.add_argument("--naiad-arg", action="append", default=[], help="extra argument for naiad serve (repeat)")
     p.add_argument(
         "--pa-arg",
         action="append",

@@ -13,42 +13,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
 import uvloop
+from add_sub_grpc import CONFIG, METADATA, bare_infer
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Server
-from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
-
-CONFIG = mc.ModelConfig(
-    name="add_sub",
-    backend="python",
-    max_batch_size=64,
-    input=[mc.ModelInput(name=f"INPUT{i}", data_type=mc.TYPE_FP32, dims=[16]) for i in (0, 1)],
-    output=[mc.ModelOutput(name=f"OUTPUT{i}", data_type=mc.TYPE_FP32, dims=[16]) for i in (0, 1)],
-)
-_Meta = pb.ModelMetadataResponse.TensorMetadata
-METADATA = pb.ModelMetadataResponse(
-    name="add_sub",
-    versions=["1"],
-    platform="python",
-    inputs=[_Meta(name=f"INPUT{i}", datatype="FP32", shape=[-1, 16]) for i in (0, 1)],
-    outputs=[_Meta(name=f"OUTPUT{i}", datatype="FP32", shape=[-1, 16]) for i in (0, 1)],
-)
-
-
-def infer(request: Any) -> Any:
-    a = np.frombuffer(request.raw_input_contents[0], dtype=np.float32)
-    b = np.frombuffer(request.raw_input_contents[1], dtype=np.float32)
-    shape = list(request.inputs[0].shape)
-    outputs = [pb.ModelInferResponse.InferOutputTensor(name=f"OUTPUT{i}", datatype="FP32", shape=shape) for i in (0, 1)]
-    return pb.ModelInferResponse(
-        model_name="add_sub",
-        model_version="1",
-        id=request.id,
-        outputs=outputs,
-        raw_output_contents=[(a + b).tobytes(), (a - b).tobytes()],
-    )
 
 
 def unary(answer: Callable[[Any], Any]) -> Callable[[Any], Awaitable[None]]:
@@ -87,7 +56,7 @@ class BareService:
                 pb.ModelStatisticsRequest,
                 pb.ModelStatisticsResponse,
             ),
-            "ModelInfer": (infer, pb.ModelInferRequest, pb.ModelInferResponse),
+            "ModelInfer": (bare_infer, pb.ModelInferRequest, pb.ModelInferResponse),
         }
         prefix = "/inference.GRPCInferenceService/"
         return {

@@ -38,10 +38,21 @@ from http_json import (
     run_guarded,
 )
 
-ALL_SERVERS = ("triton", "naiad", "bare")
+ALL_SERVERS = ("triton", "naiad", "bare", "bare-uvloop", "floor")
+DEFAULT_SERVERS = ("triton", "naiad", "bare")
 ALL_PROTOCOLS = ("grpc", "http")
-# `bare` is ../shared/peers/grpc_bare.py: the grpcio ceiling for one Python process. It has no HTTP.
-PROTOCOLS_OF = {"triton": ALL_PROTOCOLS, "naiad": ALL_PROTOCOLS, "bare": ("grpc",)}
+# `bare` is ../shared/peers/grpc_bare.py on the peers' interpreter (plain asyncio): the grpcio ceiling for one Python
+# process that the issue's targets name. `bare-uvloop` is the same servicer on uvloop, naiad's loop, and `floor` adds
+# naiad's gRPC codec and one wait on the loop to it (bench/grpc_floor.py): the least a Triton-compatible server adds.
+# None of the three has HTTP.
+PROTOCOLS_OF = {
+    "triton": ALL_PROTOCOLS,
+    "naiad": ALL_PROTOCOLS,
+    "bare": ("grpc",),
+    "bare-uvloop": ("grpc",),
+    "floor": ("grpc",),
+}
+FLOOR = Path(__file__).resolve().parent / "grpc_floor.py"
 # Targets from the issue: (protocol, reference server, concurrency, naiad/reference at least).
 TARGETS = (
     ("grpc", "bare", 1, 0.9),
@@ -117,6 +128,10 @@ def start_server(name: str, repo: Path, peers: Peers, args: argparse.Namespace, 
         g = free_port()
         argv = [str(peers.tri_python), str(peers.src / "grpc_bare.py"), str(g)]
         return PAServer(name, argv, 0, logs / f"{name}.log", cwd=peers.src, grpc_port=g, protocols=("grpc",))
+    if name in ("bare-uvloop", "floor"):
+        g = free_port()
+        argv = [args.naiad_python, str(FLOOR), str(g), *(["--bare"] if name == "bare-uvloop" else [])]
+        return PAServer(name, argv, 0, logs / f"{name}.log", cwd=REPO_ROOT, grpc_port=g, protocols=("grpc",))
     # naiad binds gRPC and metrics to 0.0.0.0 by default: keep them on loopback like the others (still overridable).
     local = ["--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1"]
     server, g = make_server(
@@ -176,7 +191,11 @@ def git_state() -> dict[str, object]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--servers", default=",".join(ALL_SERVERS), help="comma list of triton,naiad,bare (bare: gRPC only)")
+    p.add_argument(
+        "--servers",
+        default=",".join(DEFAULT_SERVERS),
+        help=f"comma list of {','.join(ALL_SERVERS)} (all but triton and naiad: gRPC only)",
+    )
     add_server_arguments(
         p, "interpreter that runs `-m naiad serve` and the gRPC answer check (needs tritonclient[grpc], numpy)"
     )
@@ -212,7 +231,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds < 1 or args.measurement_ms < 1 or args.pa_attempts < 1:
         p.error("--rounds, --measurement-ms and --pa-attempts must be >= 1")
     if not any(p_ in PROTOCOLS_OF[s] for s in args.server_list for p_ in args.protocol_list):
-        p.error("nothing to run: bare has no HTTP")
+        p.error("nothing to run: the bare servicers and the floor have no HTTP")
     return args
 
 
@@ -336,8 +355,12 @@ def report(
     cols = [f"{p} c={c}" for p in args.protocol_list for c in args.conc_list]
     median = median_table(args, runs, "infer_per_s")
     lat = median_table(args, runs, "latency_avg_us")
-    refs = [r for r in ("triton", "bare") if "naiad" in median and r in median]
-    ratios = {f"naiad/{r}": {c: ratio(median["naiad"][c], median[r][c]) for c in cols} for r in refs}
+    pairs = [("naiad", "triton"), ("naiad", "bare"), ("floor", "bare"), ("floor", "bare-uvloop"), ("naiad", "floor")]
+    ratios = {
+        f"{a}/{b}": {c: ratio(median[a][c], median[b][c]) for c in cols}
+        for a, b in pairs
+        if a in median and b in median
+    }
     git = {"start": args.git_start, "end": git_state()}
 
     print()
@@ -348,14 +371,14 @@ def report(
     for when, state in git.items():
         dirty = " (working tree dirty)" if state.get("dirty") else ""
         print(f"naiad at {when}: {state.get('commit', '?')}{dirty}")
-    print("server".ljust(14) + "".join(f"{c:>13}" for c in cols))
+    print("server".ljust(18) + "".join(f"{c:>13}" for c in cols))
     for name in args.server_list:
-        print(name.ljust(14) + "".join(f"{fmt(median[name][c]):>13}" for c in cols))
+        print(name.ljust(18) + "".join(f"{fmt(median[name][c]):>13}" for c in cols))
     for key, by_c in ratios.items():
-        print(key.ljust(14) + "".join(f"{fmt(by_c[c], '.2f') + ('x' if by_c[c] else ''):>13}" for c in cols))
+        print(key.ljust(18) + "".join(f"{fmt(by_c[c], '.2f') + ('x' if by_c[c] else ''):>13}" for c in cols))
     print("avg latency us")
     for name in args.server_list:
-        print(("  " + name).ljust(14) + "".join(f"{fmt(lat[name][c]):>13}" for c in cols))
+        print(("  " + name).ljust(18) + "".join(f"{fmt(lat[name][c]):>13}" for c in cols))
     failed = [r for r in runs if r["infer_per_s"] is None]
     for r in failed:
         why = "server had died" if r["attempts"] == 0 else f"perf_analyzer status {r['rc']}"

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from naiad import __version__
-from naiad.config.settings import DEFAULT_QUANTILES, GrpcSettings, MetricsSettings, ServerSettings
+from naiad.config.settings import BACKEND_SETTINGS, DEFAULT_QUANTILES, GrpcSettings, MetricsSettings, ServerSettings
 
 # tritonserver flags naiad does not implement yet: refused by name, never silently ignored.
 NOT_YET = frozenset(
@@ -49,7 +49,6 @@ NOT_YET = frozenset(
         "model-load-gpu-limit",
         "allow-client-shm",
         "backend-directory",
-        "backend-config",
         "repoagent-directory",
         "allow-sagemaker",
         "sagemaker-port",
@@ -137,6 +136,24 @@ _METRICS_CONFIG: dict[str, Callable[[str], object]] = {
     "histogram_latencies": _latency_flag("histogram_latencies"),
     "summary_quantiles": _quantiles,
 }
+
+
+def _backend_config(text: str) -> tuple[str, str, str]:
+    """One `--backend-config [BACKEND,]SETTING=VALUE`, as (backend or "" for all, setting, value)."""
+    scope, comma, assignment = text.partition(",")
+    if not comma:
+        scope, assignment = "", text
+    setting, equals, value = assignment.partition("=")
+    setting, value = setting.strip(), value.strip()
+    if not equals or not setting:
+        raise argparse.ArgumentTypeError(f"expected [BACKEND,]SETTING=VALUE, got '{text}'")
+    if setting not in BACKEND_SETTINGS:
+        raise argparse.ArgumentTypeError(
+            f"backend setting '{setting}' is not supported by naiad; supported: {', '.join(sorted(BACKEND_SETTINGS))}"
+        )
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{setting} must be a non-negative integer, got '{value}'")
+    return scope.strip(), setting, value
 
 
 def _metrics_config(text: str) -> tuple[str, str]:
@@ -300,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not let backends fill in the model config (model.py's auto_complete_config)",
     )
     serve.add_argument(
+        "--backend-config",
+        type=_backend_config,
+        action="append",
+        default=[],
+        metavar="[BACKEND,]SETTING=VALUE",
+        help="a backend setting, for one backend or (without BACKEND,) for all: default-max-batch-size=N, the "
+        "max_batch_size auto-complete gives a model that can batch (default 4); repeat for several",
+    )
+    serve.add_argument(
         "--exit-timeout-secs",
         type=_non_negative,
         default=30,
@@ -318,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=("default", "ISO8601"), default="default", help="log line format")
     serve.add_argument("--log-file", default="", help="write the log to this file instead of stderr")
     return parser
+
+
+def _backend_settings(entries: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    settings: dict[str, dict[str, str]] = {}
+    for scope, setting, value in entries:
+        settings.setdefault(scope, {})[setting] = value
+    return settings
 
 
 def refuse_unsupported(argv: Sequence[str]) -> str | None:
@@ -368,6 +401,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         strict_readiness=args.strict_readiness,
         exit_timeout_secs=args.exit_timeout_secs,
         disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
+        backend_config=_backend_settings(args.backend_config),
         http_max_input_size=args.http_max_input_size,
         log_verbose=args.log_verbose,
         log_info=args.log_info,

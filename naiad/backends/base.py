@@ -52,8 +52,11 @@ class ModelInstance(Protocol):
 class Backend(Protocol):
     """A kind of model (python, pytorch, onnxruntime): fills in configs and loads instances."""
 
-    def auto_complete(self, raw: dict[str, Any], model_dir: Path, version_dir: Path) -> dict[str, Any]:
-        """The config (Triton's JSON form) with what the model itself can tell filled in."""
+    def auto_complete(
+        self, raw: dict[str, Any], model_dir: Path, version_dir: Path, default_max_batch_size: int
+    ) -> dict[str, Any]:
+        """The config (Triton's JSON form) with what the model itself can tell filled in; `default_max_batch_size`
+        is Triton's `--backend-config=default-max-batch-size`, for a model found able to batch."""
 
     def load(self, context: InstanceContext) -> ModelInstance:
         """Load one instance; raise `ServerError` with the reason when it cannot load."""

@@ -11,10 +11,11 @@ from naiad.domain.errors import invalid
 _IMPLEMENTATIONS = {
     "python": "naiad.backends.python.backend:PythonBackend",
     "pytorch": "naiad.backends.torchscript:TorchScriptBackend",
+    "onnxruntime": "naiad.backends.onnx_runtime:OnnxRuntimeBackend",
 }
 
 # Backends Triton has that naiad does not serve yet: refused with a clear message, never ignored.
-_NOT_YET = ("onnxruntime", "ensemble", "tensorflow", "tensorrt", "openvino", "fil", "dali", "vllm")
+_NOT_YET = ("ensemble", "tensorflow", "tensorrt", "openvino", "fil", "dali", "vllm")
 
 _loaded: dict[str, Backend] = {}
 

@@ -8,7 +8,7 @@ import logging
 import threading
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from naiad.backends.base import InstanceContext
 from naiad.backends.batching import Batch
+from naiad.backends.parameters import flag, integer
 from naiad.domain.datatypes import to_config_type
 from naiad.domain.errors import ServerError, internal, invalid, unavailable
 from naiad.domain.model_config import ModelConfig, TensorSpec
@@ -37,8 +38,6 @@ _TORCH_TYPES = {
     "FP32": "float32",
     "FP64": "float64",
 }
-_TRUE = ("true", "on", "1")
-_FALSE = ("false", "off", "0")
 
 # torch's thread pools are per process: as in Triton, the first model that sets a count sets it for all.
 _threads_lock = threading.Lock()
@@ -58,12 +57,16 @@ def _import_torch(model: str) -> Any:
 class TorchScriptBackend:
     """Serves `model.pt` files written by `torch.jit.save`."""
 
-    def auto_complete(self, raw: dict[str, Any], model_dir: Path, version_dir: Path) -> dict[str, Any]:
+    def auto_complete(
+        self, raw: dict[str, Any], model_dir: Path, version_dir: Path, default_max_batch_size: int
+    ) -> dict[str, Any]:
         """What Triton fills in for PyTorch models: the platform and the default file name; the backend reads
         nothing from the model, so inputs and outputs must be in config.pbtxt."""
         completed = dict(raw)
         completed.setdefault("platform", "pytorch_libtorch")
         completed.setdefault("backend", "pytorch")
+        if not completed.get("default_model_filename"):
+            completed["default_model_filename"] = DEFAULT_FILENAME
         return completed
 
     def load(self, context: InstanceContext) -> TorchScriptInstance:
@@ -159,33 +162,12 @@ class _Parameters:
 
     def __init__(self, config: ModelConfig) -> None:
         values = config.parameters
-        self._model = config.name
-        self.optimized = not self._flag(values, "DISABLE_OPTIMIZED_EXECUTION", False)
-        self.inference_mode = self._flag(values, "INFERENCE_MODE", True)
-        self.cache_cleaning = self._flag(values, "ENABLE_CACHE_CLEANING", False)
-        self.intra_op = self._count(values, "INTRA_OP_THREAD_COUNT")
-        self.inter_op = self._count(values, "INTER_OP_THREAD_COUNT")
-
-    def _flag(self, values: Mapping[str, str], key: str, default: bool) -> bool:
-        text = values.get(key)
-        if text is None:
-            return default
-        if text.strip().lower() in _TRUE:
-            return True
-        if text.strip().lower() in _FALSE:
-            return False
-        raise invalid(f"failed to convert '{text}' to boolean for parameter {key} of model '{self._model}'")
-
-    def _count(self, values: Mapping[str, str], key: str) -> int:
-        text = values.get(key)
-        if text is None:
-            return 0
-        try:
-            return max(int(text), 0)
-        except ValueError:
-            raise invalid(
-                f"failed to convert '{text}' to integral number for parameter {key} of model '{self._model}'"
-            ) from None
+        model = self._model = config.name
+        self.optimized = not flag(values, "DISABLE_OPTIMIZED_EXECUTION", False, model)
+        self.inference_mode = flag(values, "INFERENCE_MODE", True, model)
+        self.cache_cleaning = flag(values, "ENABLE_CACHE_CLEANING", False, model)
+        self.intra_op = max(integer(values, "INTRA_OP_THREAD_COUNT", model), 0)
+        self.inter_op = max(integer(values, "INTER_OP_THREAD_COUNT", model), 0)
 
     def apply_threads(self, torch: Any) -> None:
         """Set torch's thread counts, once per process (the first model to ask wins, as in Triton)."""

@@ -35,6 +35,9 @@ PLATFORM_BACKENDS = {
 }
 
 
+_TWO_CPU_INSTANCES = ("onnxruntime", "tensorflow")
+
+
 def backend_name(raw: dict[str, Any]) -> str:
     """The backend a config asks for, from `backend` or else `platform` ("" when neither says)."""
     backend = str(raw.get("backend") or "")
@@ -60,14 +63,16 @@ def build(raw: dict[str, Any], folder_name: str) -> ModelConfig:
     if not proto.HasField("version_policy"):
         proto.version_policy.latest.num_versions = 1
     if not proto.instance_group:
-        proto.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU, count=1)
+        proto.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
     for index, group in enumerate(proto.instance_group):
         if not group.name:
             group.name = f"{folder_name}_{index}"
-        if group.count < 1:
-            group.count = 1
         if group.kind == group.KIND_AUTO:
             group.kind = group.KIND_GPU if group.gpus else group.KIND_CPU
+        if group.count < 1:
+            # as in Triton: two CPU instances for the ONNX Runtime and TensorFlow backends, one otherwise
+            two = group.kind == group.KIND_CPU and proto.backend in _TWO_CPU_INSTANCES
+            group.count = 2 if two else 1
     choice = proto.WhichOneof("scheduling_choice")
     if choice in ("sequence_batching", "ensemble_scheduling"):
         raise invalid(f"{choice} is not supported by naiad yet ({where})")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# Triton's `--backend-config` settings that naiad applies, with their defaults.
+BACKEND_SETTINGS = {"default-max-batch-size": "4"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,8 @@ class ServerSettings:
     strict_readiness: bool = True
     exit_timeout_secs: int = 30
     disable_auto_complete_config: bool = False
+    # --backend-config: backend name ("" for every backend) -> setting -> value
+    backend_config: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     http_max_input_size: int = 64 * 1024 * 1024
     log_verbose: int = 0
     log_info: bool = True
@@ -72,3 +79,11 @@ class ServerSettings:
     log_error: bool = True
     log_format: str = "default"
     log_file: str = ""
+
+    def backend_setting(self, backend: str, setting: str) -> str:
+        """A `--backend-config` setting for one backend: its own value, else the global one, else the default."""
+        for scope in (backend, ""):
+            value = self.backend_config.get(scope, {}).get(setting)
+            if value is not None:
+                return value
+        return BACKEND_SETTINGS[setting]

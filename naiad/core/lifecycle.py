@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,15 @@ class ModelRecord:
 class ModelManager:
     """Every model of the repositories and the state of each version."""
 
-    def __init__(self, sources: dict[str, ModelSource], auto_complete: bool) -> None:
+    def __init__(
+        self,
+        sources: dict[str, ModelSource],
+        auto_complete: bool,
+        default_max_batch_size: Callable[[str], int] = lambda backend: 4,
+    ) -> None:
         self._records = {name: ModelRecord(source) for name, source in sources.items()}
         self._auto_complete = auto_complete
+        self._default_max_batch_size = default_max_batch_size
 
     async def load_all(self, caller: ModelCaller) -> None:
         """Load every model, concurrently; failures are recorded, not raised."""
@@ -63,7 +70,9 @@ class ModelManager:
             if name and not raw.get("backend") and not raw.get("platform"):
                 raw["backend"] = name
             if self._auto_complete and on_disk:
-                raw = backend.auto_complete(raw, source.path, source.path / str(on_disk[-1]))
+                raw = backend.auto_complete(
+                    raw, source.path, source.path / str(on_disk[-1]), self._default_max_batch_size(name)
+                )
             config = model_config.build(raw, source.name)
             selected = config.version_policy.select(on_disk)
             if not selected:

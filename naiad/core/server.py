@@ -45,7 +45,9 @@ class InferenceServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self._manager = ModelManager(
-            discover(settings.model_repositories), auto_complete=not settings.disable_auto_complete_config
+            discover(settings.model_repositories),
+            auto_complete=not settings.disable_auto_complete_config,
+            default_max_batch_size=lambda backend: int(settings.backend_setting(backend, "default-max-batch-size")),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False

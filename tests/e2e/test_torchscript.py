@@ -3,7 +3,6 @@ input and output naming rules, dynamic batching, parameters, and load errors tha
 
 from __future__ import annotations
 
-import concurrent.futures
 import zipfile
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 
+from tests.concurrent_clients import assert_batched, infer_concurrently
 from tests.conftest import ServerFactory
 
 torch = pytest.importorskip("torch")
@@ -118,22 +117,10 @@ def test_concurrent_requests_are_batched_and_split_back_correctly(
     rng = np.random.default_rng(1)
     batches = [rng.normal(size=(int(rng.integers(1, 4)), 4)).astype(np.float32) for _ in range(48)]
 
-    def infer(features: np.ndarray) -> np.ndarray:
-        client = httpclient.InferenceServerClient(server.address)
-        tensor = httpclient.InferInput("input__0", list(features.shape), "FP32")
-        tensor.set_data_from_numpy(features, binary_data=True)
-        result = client.infer("iris", [tensor]).as_numpy("output__0")
-        client.close()
-        assert result is not None
-        return result
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(infer, batches))
+    answers = infer_concurrently(server.address, "iris", "input__0", "output__0", batches)
     for features, answer in zip(batches, answers, strict=True):
         np.testing.assert_allclose(answer, iris(torch.from_numpy(features)).detach().numpy(), rtol=1e-5, atol=1e-6)
-    stats = requests.get(server.url + "/v2/models/iris/stats", timeout=5).json()["model_stats"][0]
-    assert stats["inference_count"] == sum(len(b) for b in batches)
-    assert stats["execution_count"] < len(batches), "concurrent requests should share executions"
+    assert_batched(server.url, "iris", batches)
 
 
 def test_cifar_walkthrough_takes_any_image_size_over_grpc(

@@ -32,7 +32,9 @@ _counter = itertools.count()
 class PythonBackend:
     """Serves `backend: "python"` models: a `TritonPythonModel` class in `<model>/<version>/model.py`."""
 
-    def auto_complete(self, raw: dict[str, Any], model_dir: Path, version_dir: Path) -> dict[str, Any]:
+    def auto_complete(
+        self, raw: dict[str, Any], model_dir: Path, version_dir: Path, default_max_batch_size: int
+    ) -> dict[str, Any]:
         """The config filled in by the model's `auto_complete_config` staticmethod, when it has one."""
         name = str(raw.get("name") or model_dir.name)
         path = version_dir / (str(raw.get("default_model_filename") or "") or "model.py")

@@ -435,7 +435,7 @@ class TritonPythonModel:
 def test_auto_complete_config_fills_the_config_and_the_result_loads(tmp_path: Path) -> None:
     write_model(tmp_path, "auto", AUTO_COMPLETE)
     raw: dict[str, Any] = {"backend": "python"}
-    completed = PythonBackend().auto_complete(raw, tmp_path / "auto", tmp_path / "auto" / "1")
+    completed = PythonBackend().auto_complete(raw, tmp_path / "auto", tmp_path / "auto" / "1", 4)
     assert raw == {"backend": "python"}  # the caller's dict is left alone
     assert completed["max_batch_size"] == 4 and completed["dynamic_batching"] == {}
     assert completed["input"] == [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}]
@@ -451,7 +451,7 @@ def test_auto_complete_conflicts_fail_with_tritons_message(tmp_path: Path) -> No
     write_model(tmp_path, "auto", AUTO_COMPLETE)
     raw = {"backend": "python", "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [4]}]}
     with pytest.raises(ServerError) as caught:
-        PythonBackend().auto_complete(raw, tmp_path / "auto", tmp_path / "auto" / "1")
+        PythonBackend().auto_complete(raw, tmp_path / "auto", tmp_path / "auto" / "1", 4)
     assert caught.value.message == (
         "auto-complete failed for model 'auto': ValueError: unable to load model 'auto', configuration expects "
         "datatype TYPE_INT32 for input 'INPUT0', model provides TYPE_FP32"
@@ -461,7 +461,7 @@ def test_auto_complete_conflicts_fail_with_tritons_message(tmp_path: Path) -> No
 def test_auto_complete_without_the_hook_returns_the_config_unchanged(tmp_path: Path) -> None:
     write_model(tmp_path, "add_sub", ADD_SUB)
     raw = dict(ADD_SUB_CONFIG)
-    assert PythonBackend().auto_complete(raw, tmp_path / "add_sub", tmp_path / "add_sub" / "1") is raw
+    assert PythonBackend().auto_complete(raw, tmp_path / "add_sub", tmp_path / "add_sub" / "1", 4) is raw
 
 
 BLS = """

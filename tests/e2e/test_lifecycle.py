@@ -162,6 +162,11 @@ def test_bad_flag_values_are_refused() -> None:
     assert result.returncode == 2 and "expected true or false" in result.stderr
     result = run_naiad("serve", "--model-repository=/tmp", "--http-max-input-size=0")
     assert result.returncode == 2 and "must be greater than 0" in result.stderr
+    result = run_naiad("serve", "--model-repository=/tmp", "--backend-config=python,shm-default-byte-size=1048576")
+    assert result.returncode == 2
+    assert "backend setting 'shm-default-byte-size' is not supported by naiad" in result.stderr
+    result = run_naiad("serve", "--model-repository=/tmp", "--backend-config=default-max-batch-size=many")
+    assert result.returncode == 2 and "default-max-batch-size must be a non-negative integer" in result.stderr
 
 
 def test_help_lists_tritonserver_flags() -> None:

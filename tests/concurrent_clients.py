@@ -10,13 +10,19 @@ import tritonclient.http as httpclient
 
 
 def infer_concurrently(
-    address: str, model: str, input_name: str, output_name: str, arrays: list[np.ndarray], clients: int = 16
+    address: str,
+    model: str,
+    input_name: str,
+    output_name: str,
+    arrays: list[np.ndarray],
+    clients: int = 16,
+    datatype: str = "FP32",
 ) -> list[np.ndarray]:
     """One binary-tensor request per array from `clients` threads at once; each answer's `output_name`."""
 
     def infer(array: np.ndarray) -> np.ndarray:
         client = httpclient.InferenceServerClient(address)
-        tensor = httpclient.InferInput(input_name, list(array.shape), "FP32")
+        tensor = httpclient.InferInput(input_name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array, binary_data=True)
         result = client.infer(model, [tensor]).as_numpy(output_name)
         client.close()

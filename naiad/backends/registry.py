@@ -15,7 +15,7 @@ _IMPLEMENTATIONS = {
 }
 
 # Backends Triton has that naiad does not serve yet: refused with a clear message, never ignored.
-_NOT_YET = ("ensemble", "tensorflow", "tensorrt", "openvino", "fil", "dali", "vllm")
+_NOT_YET = ("tensorflow", "tensorrt", "openvino", "fil", "dali", "vllm")
 
 _loaded: dict[str, Backend] = {}
 

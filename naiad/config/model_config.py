@@ -14,6 +14,7 @@ from naiad.domain.datatypes import DATATYPES, element_count, from_config_type
 from naiad.domain.errors import invalid
 from naiad.domain.model_config import (
     DynamicBatching,
+    EnsembleStep,
     InstanceGroup,
     InstanceKind,
     ModelConfig,
@@ -56,13 +57,16 @@ def build(raw: dict[str, Any], folder_name: str) -> ModelConfig:
             f"'{folder_name}'; Triton requires them to be equal"
         )
     proto.name = folder_name
-    if not proto.backend:
+    if not proto.backend and proto.platform != "ensemble":
         proto.backend = backend_name(raw)
     if proto.max_batch_size < 0:
         raise invalid(f"max_batch_size must be >= 0 for {where}, got {proto.max_batch_size}")
     if not proto.HasField("version_policy"):
         proto.version_policy.latest.num_versions = 1
-    if not proto.instance_group:
+    ensemble = proto.platform == "ensemble" or proto.HasField("ensemble_scheduling") or proto.backend == "ensemble"
+    if ensemble:
+        _check_ensemble(proto, where)
+    elif not proto.instance_group:
         proto.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
     for index, group in enumerate(proto.instance_group):
         if not group.name:
@@ -74,7 +78,7 @@ def build(raw: dict[str, Any], folder_name: str) -> ModelConfig:
             two = group.kind == group.KIND_CPU and proto.backend in _TWO_CPU_INSTANCES
             group.count = 2 if two else 1
     choice = proto.WhichOneof("scheduling_choice")
-    if choice in ("sequence_batching", "ensemble_scheduling"):
+    if choice == "sequence_batching":
         raise invalid(f"{choice} is not supported by naiad yet ({where})")
     if proto.model_transaction_policy.decoupled:
         raise invalid(f"decoupled models are not supported by naiad yet ({where})")
@@ -89,13 +93,52 @@ def build(raw: dict[str, Any], folder_name: str) -> ModelConfig:
         inputs=tuple(_tensor(item, "input", where) for item in filled.get("input", [])),
         outputs=tuple(_tensor(item, "output", where) for item in filled.get("output", [])),
         version_policy=_version_policy(filled.get("version_policy", {})),
-        instance_groups=tuple(_instance_group(item, where) for item in filled["instance_group"]),
+        instance_groups=tuple(_instance_group(item, where) for item in filled.get("instance_group", [])),
         dynamic_batching=batching,
         default_model_filename=proto.default_model_filename,
         parameters=MappingProxyType(
             {key: str(value.get("string_value", "")) for key, value in filled.get("parameters", {}).items()}
         ),
         raw=MappingProxyType(copy.deepcopy(filled)),
+        ensemble_steps=tuple(_ensemble_step(item) for item in filled.get("ensemble_scheduling", {}).get("step", [])),
+    )
+
+
+def _check_ensemble(proto: Any, where: str) -> None:
+    """Triton's static checks of an ensemble's config, before its composing models are known."""
+    name = proto.name
+    if proto.backend:
+        raise invalid(f"Ensemble model '{name}' must have platform type 'ensemble' and empty backend type")
+    if proto.platform != "ensemble":
+        raise invalid(f"ensemble scheduling cannot be set for {where} whose platform is not ensemble")
+    if not proto.HasField("ensemble_scheduling"):
+        raise invalid(f"ensemble scheduling must be set for ensemble {name} whose platform is ensemble")
+    if proto.instance_group:
+        raise invalid(f"instance group should not be specified for ensemble '{name}'")
+    if proto.HasField("dynamic_batching"):
+        raise invalid(f"dynamic batching should not be specified for ensemble '{name}'")
+    steps = proto.ensemble_scheduling.step
+    if not steps:
+        raise invalid(f"must specify 'step' for ensemble '{name}'")
+    for index, step in enumerate(steps):
+        for field_name in ("model_name", "input_map", "output_map"):
+            if not getattr(step, field_name):
+                raise invalid(f"must specify '{field_name}' in step {index} of ensemble '{name}'")
+        written = list(step.output_map.values())
+        for tensor in written:
+            if written.count(tensor) > 1:
+                raise invalid(
+                    f"ensemble tensor '{tensor}' can appear in an output map only once for ensemble '{name}' "
+                    f"step {index}"
+                )
+
+
+def _ensemble_step(item: dict[str, Any]) -> EnsembleStep:
+    return EnsembleStep(
+        model_name=str(item["model_name"]),
+        model_version=int(item.get("model_version", -1)),
+        input_map=MappingProxyType(dict(item.get("input_map", {}))),
+        output_map=MappingProxyType(dict(item.get("output_map", {}))),
     )
 
 

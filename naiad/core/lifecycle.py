@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from naiad.backends.base import ModelCaller
+from naiad.backends.base import Backend, ModelCaller
 from naiad.backends.registry import get_backend
 from naiad.config import model_config, pbtxt
+from naiad.core.ensemble import EnsembleScheduler, Submit, check_steps
 from naiad.core.model import ModelState, ModelVersion
 from naiad.core.repository import ModelSource
 from naiad.core.stats import ModelStats
@@ -53,12 +54,25 @@ class ModelManager:
         self._auto_complete = auto_complete
         self._default_max_batch_size = default_max_batch_size
 
-    async def load_all(self, caller: ModelCaller) -> None:
-        """Load every model, concurrently; failures are recorded, not raised."""
+    async def load_all(self, caller: ModelCaller, submit: Submit) -> None:
+        """Load every model, concurrently, then the ensembles over them; failures are recorded, not raised."""
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(self._load(record, caller, loop) for record in self._records.values()))
+        prepared = {name: self._prepare(record) for name, record in self._records.items()}
+        plain = {name: p for name, p in prepared.items() if p is not None and p[0] is not None}
+        await asyncio.gather(
+            *(
+                self._load(self._records[name], backend, selected, caller, loop)
+                for name, (backend, selected) in plain.items()
+                if backend is not None
+            )
+        )
+        ensembles = [name for name, p in prepared.items() if p is not None and p[0] is None]
+        for name in _ensemble_order(ensembles, self._records):
+            self._load_ensemble(self._records[name], submit)
 
-    async def _load(self, record: ModelRecord, caller: ModelCaller, loop: asyncio.AbstractEventLoop) -> None:
+    def _prepare(self, record: ModelRecord) -> tuple[Backend | None, list[int]] | None:
+        """The model's config, backend (None for an ensemble) and versions to load; None, with the reason
+        recorded, when the model cannot load."""
         source = record.source
         try:
             if source.duplicate_of is not None:
@@ -66,10 +80,10 @@ class ModelManager:
             on_disk = source.versions()
             raw = pbtxt.read_file(source.config_path) if source.config_path.is_file() else {}
             name = model_config.backend_name(raw) or _backend_from_files(source, on_disk)
-            backend = get_backend(name, source.name)
-            if name and not raw.get("backend") and not raw.get("platform"):
+            backend = None if name == "ensemble" else get_backend(name, source.name)
+            if backend is not None and not raw.get("backend") and not raw.get("platform"):
                 raw["backend"] = name
-            if self._auto_complete and on_disk:
+            if backend is not None and self._auto_complete and on_disk:
                 raw = backend.auto_complete(
                     raw, source.path, source.path / str(on_disk[-1]), self._default_max_batch_size(name)
                 )
@@ -82,16 +96,64 @@ class ModelManager:
         except ServerError as exc:
             record.reason = exc.message
             logger.error("failed to load model '%s': %s", source.name, exc.message)
-            return
+            return None
         record.config = config
+        return backend, selected
+
+    async def _load(
+        self,
+        record: ModelRecord,
+        backend: Backend,
+        selected: list[int],
+        caller: ModelCaller,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        source, config = record.source, record.config
+        assert config is not None
         for number in selected:
             record.versions[number] = ModelVersion(source, config, number, ModelStats())
         await asyncio.gather(*(v.load(backend, caller, loop) for v in record.versions.values()))
+        self._log_versions(record)
+
+    def _load_ensemble(self, record: ModelRecord, submit: Submit) -> None:
+        """Check the ensemble against its loaded composing models and serve every selected version with it."""
+        source, config = record.source, record.config
+        assert config is not None
+        try:
+            composing = {
+                step.model_name: self._composing(config.name, step.model_name, step.model_version)
+                for step in config.ensemble_steps
+            }
+            check_steps(config, composing)
+        except ServerError as exc:
+            record.reason = exc.message
+            logger.error("failed to load model '%s': %s", source.name, exc.message)
+            return
+        for number in config.version_policy.select(source.versions()):
+            version = ModelVersion(source, config, number, ModelStats())
+            version.serve(EnsembleScheduler(config, version.stats, submit))
+            record.versions[number] = version
+        self._log_versions(record)
+
+    def _composing(self, ensemble: str, name: str, version: int) -> ModelConfig:
+        record = self._records.get(name)
+        if record is None:
+            raise invalid(f"ensemble {ensemble} contains models that are not available or ambiguous: {name}")
+        ready = [v for v in record.versions.values() if v.state is ModelState.READY]
+        if version > 0 and not any(v.version == version for v in ready):
+            raise invalid(f"ensemble '{ensemble}' depends on '{name}' whose required version {version} is not loaded")
+        if not ready:
+            why = record.reason or next((v.reason for v in record.versions.values() if v.reason), "")
+            failed = f" Model '{name}' loading failed with error: {why}" if why else ""
+            raise invalid(f"ensemble '{ensemble}' depends on '{name}' which has no loaded version.{failed}")
+        return ready[-1].config
+
+    def _log_versions(self, record: ModelRecord) -> None:
         for version in record.versions.values():
             if version.state is ModelState.READY:
-                logger.info("successfully loaded '%s' version %d", source.name, version.version)
+                logger.info("successfully loaded '%s' version %d", record.source.name, version.version)
             else:
-                logger.error("failed to load '%s' version %d: %s", source.name, version.version, version.reason)
+                logger.error("failed to load '%s' version %d: %s", record.source.name, version.version, version.reason)
         record.refresh_latest()
 
     def failures(self) -> list[tuple[str, str]]:
@@ -200,3 +262,32 @@ def _backend_from_files(source: ModelSource, versions: list[int]) -> str:
             if (source.path / str(version) / filename).is_file():
                 return backend
     return ""
+
+
+def _ensemble_order(names: list[str], records: Mapping[str, ModelRecord]) -> list[str]:
+    """Ensembles ordered so that one made of other ensembles comes after them; each ensemble on a cycle gets the
+    cycle as its reason (and those built on it fail for want of a loaded version)."""
+    steps: dict[str, set[str]] = {}
+    for name in names:
+        config = records[name].config
+        steps[name] = {step.model_name for step in config.ensemble_steps} if config is not None else set()
+    ordered: list[str] = []
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in visiting:
+            cycle = [*visiting[visiting.index(name) :], name]
+            for member in cycle[:-1]:
+                records[member].reason = f"circular dependency between ensembles: {' -> '.join(cycle)}"
+            return
+        if name in ordered:
+            return
+        visiting.append(name)
+        for dependency in sorted(steps[name] & set(steps)):
+            visit(dependency)
+        visiting.pop()
+        ordered.append(name)
+
+    for name in sorted(names):
+        visit(name)
+    return [name for name in ordered if not records[name].reason]

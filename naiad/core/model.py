@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from naiad.backends.base import Backend, InstanceContext, ModelCaller
+from naiad.core.ensemble import EnsembleScheduler
 from naiad.core.instances import InstanceRunner
 from naiad.core.outputs import OutputShaper
 from naiad.core.repository import ModelSource
@@ -34,7 +35,7 @@ class Serving:
 
     checker: RequestChecker
     shaper: OutputShaper
-    scheduler: Scheduler
+    scheduler: Scheduler | EnsembleScheduler
 
 
 @dataclass(slots=True)
@@ -108,6 +109,11 @@ class ModelVersion:
         scheduler = Scheduler(runners, self.stats, config.max_batch_size, config.dynamic_batching, loop)
         self._serving = Serving(checker, shaper, scheduler)
         self.load_seconds = time.monotonic() - started
+        self.state = ModelState.READY
+
+    def serve(self, scheduler: EnsembleScheduler) -> None:
+        """Serve with a scheduler that needs no instances (an ensemble's)."""
+        self._serving = Serving(RequestChecker(self.config), OutputShaper(self.config, self.source.path), scheduler)
         self.state = ModelState.READY
 
     async def unload(self) -> None:

@@ -59,7 +59,7 @@ class InferenceServer:
     async def start(self) -> list[tuple[str, str]]:
         """Load the models; returns the (model, reason) of each failure."""
         self._loop = asyncio.get_running_loop()
-        await self._manager.load_all(_Caller(self, self._loop))
+        await self._manager.load_all(_Caller(self, self._loop), self.submit)
         self._started = True
         return self._manager.failures()
 

@@ -93,6 +93,17 @@ class InstanceGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class EnsembleStep:
+    """One `ensemble_scheduling.step`: a model, its version (-1 or 0: the one its version policy serves last) and
+    its tensor maps (key: the model's tensor name, value: the ensemble's)."""
+
+    model_name: str
+    model_version: int
+    input_map: Mapping[str, str]
+    output_map: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """A model's configuration; `raw` is the whole config as Triton's JSON, for `/config` and `args`."""
 
@@ -108,3 +119,4 @@ class ModelConfig:
     default_model_filename: str
     parameters: Mapping[str, str]
     raw: Mapping[str, Any]
+    ensemble_steps: tuple[EnsembleStep, ...] = ()

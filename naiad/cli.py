@@ -187,6 +187,27 @@ def _metrics_settings(args: argparse.Namespace) -> MetricsSettings:
     )
 
 
+def _backend_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend-config",
+        type=_backend_config,
+        action="append",
+        default=[],
+        metavar="[BACKEND,]SETTING=VALUE",
+        help="a backend setting, for one backend or (without BACKEND,) for all: default-max-batch-size=N, the "
+        "max_batch_size auto-complete gives a model that can batch (default 4); repeat for several",
+    )
+
+
+def _auto_complete_flags(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "--strict-model-config", False, "deprecated: true turns off config auto-completion")
+    parser.add_argument(
+        "--disable-auto-complete-config",
+        action="store_true",
+        help="do not let backends fill in the model config (model.py's auto_complete_config, ONNX models)",
+    )
+
+
 def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) -> None:
     parser.add_argument(
         name,
@@ -200,7 +221,7 @@ def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, with `serve` as the one subcommand for now."""
+    """The argument parser: `serve`, and `check` for a repository before it is served."""
     parser = argparse.ArgumentParser(
         prog="naiad",
         description="A Triton-compatible inference server (KServe V2 / Open Inference Protocol).",
@@ -310,21 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--allow-metrics", True, "serve Prometheus metrics on --metrics-port")
     _flag(serve, "--exit-on-error", True, "exit when a model fails to load")
     _flag(serve, "--strict-readiness", True, "ready only when every model is ready")
-    _flag(serve, "--strict-model-config", False, "deprecated: true turns off config auto-completion")
-    serve.add_argument(
-        "--disable-auto-complete-config",
-        action="store_true",
-        help="do not let backends fill in the model config (model.py's auto_complete_config)",
-    )
-    serve.add_argument(
-        "--backend-config",
-        type=_backend_config,
-        action="append",
-        default=[],
-        metavar="[BACKEND,]SETTING=VALUE",
-        help="a backend setting, for one backend or (without BACKEND,) for all: default-max-batch-size=N, the "
-        "max_batch_size auto-complete gives a model that can batch (default 4); repeat for several",
-    )
+    _auto_complete_flags(serve)
+    _backend_config_flag(serve)
     serve.add_argument(
         "--exit-timeout-secs",
         type=_non_negative,
@@ -341,6 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--log-info", True, "log informational messages")
     _flag(serve, "--log-warning", True, "log warnings")
     _flag(serve, "--log-error", True, "log errors")
+    check = commands.add_parser(
+        "check",
+        help="check a model repository without serving it",
+        description="Read a Triton model repository as `naiad serve` would, load each model once, and report "
+        "every problem with its fix: a model folder given instead of the repository, folders that are not "
+        "versions, config names that differ from their folders, missing or misnamed model files, inputs and "
+        "outputs that do not match the model, files saved by a newer PyTorch or with torch.save, ONNX opsets "
+        "the installed onnxruntime cannot run. Exit status 0 only when every model would load.",
+    )
+    check.add_argument("repository", nargs="+", metavar="REPOSITORY", help="a model repository folder")
+    _auto_complete_flags(check)
+    _backend_config_flag(check)
     serve.add_argument("--log-format", choices=("default", "ISO8601"), default="default", help="log line format")
     serve.add_argument("--log-file", default="", help="write the log to this file instead of stderr")
     return parser
@@ -412,6 +432,16 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     )
 
 
+def check_settings_from(args: argparse.Namespace) -> ServerSettings:
+    """The settings `naiad check` loads the repository with."""
+    return ServerSettings(
+        model_repositories=tuple(args.repository),
+        exit_on_error=False,
+        disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
+        backend_config=_backend_settings(args.backend_config),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the process exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -423,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args = parser.parse_args(args_list)
+    if args.command == "check":
+        from naiad.tools.check import run_check
+
+        return run_check(check_settings_from(args), print)
     if args.command != "serve":
         parser.print_help()
         return 2

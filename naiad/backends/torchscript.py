@@ -241,7 +241,7 @@ def _why_unloadable(path: Path, exc: Exception, version: str) -> str:
         return (
             f"'{path.name}' was written by torch.save (a state_dict or a pickled nn.Module), not by torch.jit.save: "
             "the server needs the model's TorchScript graph. Build the module, load the weights, then "
-            "torch.jit.save(torch.jit.trace(module, example_input), 'model.pt') (or use `naiad export`)"
+            "torch.jit.save(torch.jit.trace(module, example_input), 'model.pt')"
         )
     return text
 

@@ -1,0 +1,1 @@
+"""Tools for the path from a trained model to a served one: checking a repository, exporting a model."""

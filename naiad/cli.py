@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from naiad import __version__
 from naiad.config.settings import BACKEND_SETTINGS, DEFAULT_QUANTILES, GrpcSettings, MetricsSettings, ServerSettings
@@ -221,7 +223,7 @@ def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: `serve`, and `check` for a repository before it is served."""
+    """The argument parser: `serve`; `check` and `export` for the way from a trained model to a served one."""
     parser = argparse.ArgumentParser(
         prog="naiad",
         description="A Triton-compatible inference server (KServe V2 / Open Inference Protocol).",
@@ -361,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("repository", nargs="+", metavar="REPOSITORY", help="a model repository folder")
     _auto_complete_flags(check)
     _backend_config_flag(check)
+    _export_parser(commands)
     serve.add_argument("--log-format", choices=("default", "ISO8601"), default="default", help="log line format")
     serve.add_argument("--log-file", default="", help="write the log to this file instead of stderr")
     return parser
@@ -432,6 +435,82 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     )
 
 
+def _export_parser(commands: Any) -> None:
+    export = commands.add_parser(
+        "export",
+        help="turn a PyTorch module and its weights into a model repository entry",
+        description="Build a PyTorch module, load its weights, save it as TorchScript (traced, or scripted with "
+        "--script) or ONNX, and write config.pbtxt with the names, datatypes and dims read from the model run on "
+        "example inputs. The saved file is loaded again and compared with the module, then the entry is loaded "
+        "as `naiad check` would. Example: naiad export --module iris.py:IrisNet --weights iris_weights.pt "
+        "--input input__0:FP32:4 --max-batch-size 8 --repository models --name iris",
+    )
+    export.add_argument(
+        "--module", required=True, metavar="FILE.py:NAME", help="the nn.Module class (or a factory) to build"
+    )
+    export.add_argument("--weights", type=Path, help="a state_dict saved with torch.save(model.state_dict(), path)")
+    export.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        required=True,
+        metavar="NAME:DATATYPE:DIMS",
+        help="one forward() argument, in order: its config name, datatype and dims without the batch dimension "
+        "(-1: any size), e.g. input__0:FP32:4 or image__0:UINT8:3,-1,-1; repeat for each",
+    )
+    export.add_argument(
+        "--output",
+        dest="outputs",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="the config name of each output, in order (default output__0, output__1, ...)",
+    )
+    export.add_argument("--repository", type=Path, required=True, help="the model repository to write into")
+    export.add_argument("--name", required=True, help="the model's name (its folder)")
+    export.add_argument("--version", type=_positive, default=1, help="the version folder (default 1)")
+    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript", help="default torchscript")
+    export.add_argument("--script", action="store_true", help="torch.jit.script instead of torch.jit.trace")
+    export.add_argument(
+        "--max-batch-size",
+        type=_non_negative,
+        default=8,
+        help="the model's max_batch_size; 0 when the first dimension is not a batch (default 8)",
+    )
+    export.add_argument("--no-dynamic-batching", action="store_true", help="leave dynamic_batching out of config.pbtxt")
+    export.add_argument("--opset", type=_positive, help="the ONNX opset (default: torch's)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from naiad.tools.export import ExportError, ExportRequest, check_entry, export, parse_input
+
+    try:
+        inputs = tuple(parse_input(text) for text in args.inputs)
+    except ValueError as exc:
+        print(f"naiad export: {exc}", file=sys.stderr)
+        return 2
+    request = ExportRequest(
+        module=args.module,
+        weights=args.weights,
+        inputs=inputs,
+        outputs=tuple(args.outputs),
+        repository=args.repository,
+        name=args.name,
+        version=args.version,
+        format=args.format,
+        script=args.script,
+        max_batch_size=args.max_batch_size,
+        dynamic_batching=not args.no_dynamic_batching,
+        opset=args.opset,
+    )
+    try:
+        folder = export(request, print)
+    except ExportError as exc:
+        print(f"naiad export: {exc}", file=sys.stderr)
+        return 1
+    return 0 if check_entry(folder, print) else 1
+
+
 def check_settings_from(args: argparse.Namespace) -> ServerSettings:
     """The settings `naiad check` loads the repository with."""
     return ServerSettings(
@@ -453,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args = parser.parse_args(args_list)
+    if args.command == "export":
+        return _run_export(args)
     if args.command == "check":
         from naiad.tools.check import run_check
 

@@ -241,7 +241,8 @@ def _why_unloadable(path: Path, exc: Exception, version: str) -> str:
         return (
             f"'{path.name}' was written by torch.save (a state_dict or a pickled nn.Module), not by torch.jit.save: "
             "the server needs the model's TorchScript graph. Build the module, load the weights, then "
-            "torch.jit.save(torch.jit.trace(module, example_input), 'model.pt')"
+            "torch.jit.save(torch.jit.trace(module, example_input), 'model.pt'); `naiad export --module FILE.py:CLASS "
+            "--weights model.pt --input ...` does this and writes config.pbtxt"
         )
     return text
 

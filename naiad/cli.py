@@ -479,6 +479,9 @@ def _export_parser(commands: Any) -> None:
     )
     export.add_argument("--no-dynamic-batching", action="store_true", help="leave dynamic_batching out of config.pbtxt")
     export.add_argument("--opset", type=_positive, help="the ONNX opset (default: torch's)")
+    export.add_argument(
+        "--filename", default="", help="the model file's name, if not model.pt / model.onnx (default_model_filename)"
+    )
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -502,6 +505,7 @@ def _run_export(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         dynamic_batching=not args.no_dynamic_batching,
         opset=args.opset,
+        filename=args.filename,
     )
     try:
         folder = export(request, print)

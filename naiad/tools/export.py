@@ -46,6 +46,7 @@ class ExportRequest:
     max_batch_size: int
     dynamic_batching: bool
     opset: int | None
+    filename: str = ""  # another file name than model.pt / model.onnx, written to default_model_filename
 
 
 def parse_input(text: str) -> InputSpec:
@@ -81,12 +82,12 @@ def export(request: ExportRequest, say: Callable[[str], None]) -> Path:
     version_dir = folder / str(request.version)
     version_dir.mkdir(parents=True, exist_ok=True)
     if request.format == "onnx":
-        path = version_dir / "model.onnx"
+        path = version_dir / (request.filename or "model.onnx")
         _save_onnx(torch, module, first, request, names, path)
         _verify_onnx(path, second, outputs_second, request)
         platform = "onnxruntime_onnx"
     else:
-        path = version_dir / "model.pt"
+        path = version_dir / (request.filename or "model.pt")
         _save_torchscript(torch, module, first, request, path)
         _verify_torchscript(torch, path, second, outputs_second)
         platform = "pytorch_libtorch"
@@ -279,7 +280,10 @@ def _config(
     second: tuple[Any, ...],
 ) -> str:
     batched = request.max_batch_size > 0
-    lines = [f'name: "{request.name}"', f'platform: "{platform}"', f"max_batch_size: {request.max_batch_size}"]
+    lines = [f'name: "{request.name}"', f'platform: "{platform}"']
+    if request.filename:
+        lines.append(f'default_model_filename: "{request.filename}"')
+    lines.append(f"max_batch_size: {request.max_batch_size}")
     inputs = [
         f'  {{ name: "{spec.name}" data_type: {to_config_type(spec.datatype)} dims: [ {_dims(spec.dims)} ] }}'
         for spec in request.inputs

@@ -262,8 +262,20 @@ def _session_options(ort: Any, config: ModelConfig) -> tuple[Any, Any]:
 
 
 def _providers(ort: Any, context: InstanceContext) -> list[Any]:
+    accelerators = context.config.raw.get("optimization", {}).get("execution_accelerators", {})
+    for entry in accelerators.get("cpu_execution_accelerator", []):
+        raise invalid(
+            f"cpu_execution_accelerator '{entry.get('name', '')}' of model '{context.config.name}' is not supported "
+            "by naiad; remove it to run on onnxruntime's CPU execution provider"
+        )
     available = ort.get_available_providers()
     kind = context.kind
+    gpu_accelerators = [entry.get("name", "") for entry in accelerators.get("gpu_execution_accelerator", [])]
+    if kind in ("GPU", "AUTO") and any(name != "cuda" for name in gpu_accelerators):
+        raise invalid(
+            f"gpu_execution_accelerator {gpu_accelerators} of model '{context.config.name}': naiad runs GPU "
+            "instances on onnxruntime's CUDA execution provider only; remove the others (such as tensorrt)"
+        )
     if kind in ("GPU", "AUTO") and "CUDAExecutionProvider" in available:
         return [("CUDAExecutionProvider", {"device_id": context.device_id}), "CPUExecutionProvider"]
     if kind == "GPU":

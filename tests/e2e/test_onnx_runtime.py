@@ -129,6 +129,11 @@ def test_configs_and_files_that_do_not_fit_fail_to_load_saying_why(tmp_path: Pat
             f'backend: "onnxruntime"\nmax_batch_size: 4\ninput [ {{ {tensor} }} ]\n'
             'output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
         )
+    opset_model(repo / "openvino" / "1" / "model.onnx", 13)
+    (repo / "openvino" / "config.pbtxt").write_text(
+        'backend: "onnxruntime"\n'
+        'optimization { execution_accelerators { cpu_execution_accelerator: [ { name: "openvino" } ] } }\n'
+    )
     opset_model(repo / "not_batchable" / "1" / "model.onnx", 13)
     (repo / "not_batchable" / "1" / "model.onnx").write_bytes(b"")  # replaced below by a fixed-size model
     from onnx import TensorProto, helper
@@ -156,6 +161,7 @@ def test_configs_and_files_that_do_not_fit_fail_to_load_saying_why(tmp_path: Pat
     )
     assert "the model expects 2 dimensions (shape [-1, 4])" in index["wrong_dims"]["reason"]
     assert "cannot run this opset" in index["future_opset"]["reason"]
+    assert "cpu_execution_accelerator 'openvino' of model 'openvino' is not supported" in index["openvino"]["reason"]
     assert (
         "model does not support batching while non-zero max_batch_size is specified"
         in (index["not_batchable"]["reason"])

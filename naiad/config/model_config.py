@@ -47,8 +47,9 @@ def backend_name(raw: dict[str, Any]) -> str:
     return PLATFORM_BACKENDS.get(str(raw.get("platform") or ""), "")
 
 
-def build(raw: dict[str, Any], folder_name: str) -> ModelConfig:
-    """Check a model's config (Triton's JSON form) and fill its defaults, as Triton does at load."""
+def build(raw: dict[str, Any], folder_name: str, gpus: tuple[int, ...] = ()) -> ModelConfig:
+    """Check a model's config (Triton's JSON form) and fill its defaults, as Triton does at load; `gpus` are the
+    GPUs instances may be placed on (`devices.visible_gpus()`)."""
     where = f"model '{folder_name}'"
     proto = pbtxt.from_json(raw, where)
     if proto.name and proto.name != folder_name:
@@ -71,8 +72,7 @@ def build(raw: dict[str, Any], folder_name: str) -> ModelConfig:
     for index, group in enumerate(proto.instance_group):
         if not group.name:
             group.name = f"{folder_name}_{index}"
-        if group.kind == group.KIND_AUTO:
-            group.kind = group.KIND_GPU if group.gpus else group.KIND_CPU
+        _place(group, gpus, folder_name)
         if group.count < 1:
             # as in Triton: two CPU instances for the ONNX Runtime and TensorFlow backends, one otherwise
             two = group.kind == group.KIND_CPU and proto.backend in _TWO_CPU_INSTANCES
@@ -102,6 +102,30 @@ def build(raw: dict[str, Any], folder_name: str) -> ModelConfig:
         raw=MappingProxyType(copy.deepcopy(filled)),
         ensemble_steps=tuple(_ensemble_step(item) for item in filled.get("ensemble_scheduling", {}).get("step", [])),
     )
+
+
+def _place(group: Any, gpus: tuple[int, ...], model: str) -> None:
+    """Triton's placement: KIND_AUTO is KIND_GPU where the GPUs exist, KIND_GPU without `gpus` means every GPU."""
+    kinds = model_config_pb2.ModelInstanceGroup
+    where = f"instance group {group.name} of model {model}"
+    if group.kind == kinds.KIND_AUTO:
+        fits = bool(gpus) and all(gpu in gpus for gpu in group.gpus)
+        group.kind = kinds.KIND_GPU if fits else kinds.KIND_CPU
+        if not fits:
+            del group.gpus[:]
+    if group.kind == kinds.KIND_GPU:
+        if not gpus:
+            raise invalid(f"{where} has kind KIND_GPU but no GPUs are available")
+        for gpu in group.gpus:
+            if gpu not in gpus:
+                raise invalid(
+                    f"{where} specifies invalid or unsupported gpu id {gpu}. GPUs available: "
+                    f"{', '.join(str(g) for g in gpus)}"
+                )
+        if not group.gpus:
+            group.gpus.extend(gpus)
+    elif group.kind == kinds.KIND_MODEL:
+        raise invalid(f"{where} has kind KIND_MODEL; naiad places instances with KIND_CPU, KIND_GPU or KIND_AUTO")
 
 
 def _check_ensemble(proto: Any, where: str) -> None:
@@ -191,10 +215,6 @@ def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
     name = str(data["name"])
     if kind is InstanceKind.CPU and gpus:
         raise invalid(f"instance group {name} of {where} has kind KIND_CPU but specifies one or more GPUs")
-    if kind is not InstanceKind.CPU:
-        raise invalid(
-            f"instance group {name} of {where} has kind {kind.value}; naiad runs KIND_CPU instances only for now"
-        )
     return InstanceGroup(name=name, kind=kind, count=int(data.get("count", 1)), gpus=gpus)
 
 

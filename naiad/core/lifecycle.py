@@ -12,6 +12,7 @@ from typing import Any
 from naiad.backends.base import Backend, ModelCaller
 from naiad.backends.registry import get_backend
 from naiad.config import model_config, pbtxt
+from naiad.config.devices import visible_gpus
 from naiad.core.ensemble import EnsembleScheduler, Submit, check_steps
 from naiad.core.model import ModelState, ModelVersion
 from naiad.core.repository import ModelSource
@@ -53,6 +54,7 @@ class ModelManager:
         self._records = {name: ModelRecord(source) for name, source in sources.items()}
         self._auto_complete = auto_complete
         self._default_max_batch_size = default_max_batch_size
+        self._gpus = visible_gpus()
 
     async def load_all(self, caller: ModelCaller, submit: Submit) -> None:
         """Load every model, concurrently, then the ensembles over them; failures are recorded, not raised."""
@@ -87,7 +89,7 @@ class ModelManager:
                 raw = backend.auto_complete(
                     raw, source.path, source.path / str(on_disk[-1]), self._default_max_batch_size(name)
                 )
-            config = model_config.build(raw, source.name)
+            config = model_config.build(raw, source.name, self._gpus)
             selected = config.version_policy.select(on_disk)
             if not selected:
                 raise invalid(

@@ -77,18 +77,20 @@ class ModelVersion:
         version_dir = self.source.path / str(self.version)
         runners: list[InstanceRunner] = []
         for group in config.instance_groups:
-            for index in range(group.count):
-                context = InstanceContext(
-                    config=config,
-                    version=self.version,
-                    model_dir=self.source.path,
-                    version_dir=version_dir,
-                    instance_name=f"{group.name}_{index}",
-                    kind=group.kind.value.removeprefix("KIND_"),
-                    device_id=0,
-                    caller=caller,
-                )
-                runners.append(InstanceRunner(context, loop))
+            # `count` instances on each GPU of a KIND_GPU group, named alike on each (as Triton names them)
+            for device_id in group.gpus or (0,):
+                for index in range(group.count):
+                    context = InstanceContext(
+                        config=config,
+                        version=self.version,
+                        model_dir=self.source.path,
+                        version_dir=version_dir,
+                        instance_name=f"{group.name}_{index}",
+                        kind=group.kind.value.removeprefix("KIND_"),
+                        device_id=device_id,
+                        caller=caller,
+                    )
+                    runners.append(InstanceRunner(context, loop))
         outcomes = await asyncio.gather(*(runner.load(backend) for runner in runners), return_exceptions=True)
         failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
         try:

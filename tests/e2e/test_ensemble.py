@@ -91,7 +91,7 @@ ensemble_scheduling {
 def python_config(name: str, inputs: str, outputs: str) -> str:
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: 8\ninput [ {inputs} ]\noutput [ {outputs} ]\n'
-        "dynamic_batching { max_queue_delay_microseconds: 1000 }\n"
+        "dynamic_batching { max_queue_delay_microseconds: 20000 }\n"
     )
 
 

@@ -49,6 +49,15 @@ def export_cnn(path: Path) -> Path:
 def cnn_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     repo = tmp_path_factory.mktemp("onnx") / "models"
     model = export_cnn(repo / "resnet50" / "1" / "model.onnx")
+    # the same file with a queue delay and one instance, so that concurrent requests surely share executions;
+    # its inputs and outputs are left to auto-complete
+    batched = repo / "batched" / "1"
+    batched.mkdir(parents=True)
+    (batched / "model.onnx").write_bytes(model.read_bytes())
+    (repo / "batched" / "config.pbtxt").write_text(
+        'backend: "onnxruntime"\nmax_batch_size: 8\ninstance_group [ { kind: KIND_CPU count: 1 } ]\n'
+        "dynamic_batching { max_queue_delay_microseconds: 20000 }\n"
+    )
     return repo, ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
 
 
@@ -92,11 +101,11 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(
     rng = np.random.default_rng(2)
     inputs = [rng.normal(size=(int(rng.integers(1, 3)), 3, 32, 32)).astype(np.float32) for _ in range(32)]
 
-    answers = infer_concurrently(server.address, "resnet50", "input.1", "logits", inputs)
+    answers = infer_concurrently(server.address, "batched", "input.1", "logits", inputs)
     for images, answer in zip(inputs, answers, strict=True):
         expected = session.run(["logits"], {"input.1": images})[0]  # type: ignore[attr-defined]
         np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-5)
-    assert_batched(server.url, "resnet50", inputs)
+    assert_batched(server.url, "batched", inputs)
 
 
 def opset_model(path: Path, opset: int) -> None:

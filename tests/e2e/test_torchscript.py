@@ -55,7 +55,7 @@ platform: "pytorch_libtorch"
 max_batch_size: 8
 input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 3 ] } ]
-dynamic_batching { max_queue_delay_microseconds: 2000 }
+dynamic_batching { max_queue_delay_microseconds: 20000 }
 """
 
 CIFAR_CONFIG = """

@@ -28,8 +28,8 @@ parameters: { key: "k" value: { string_value: "v" } }
 """
 
 
-def build(text: str, folder: str = "add_sub") -> model_config.ModelConfig:
-    return model_config.build(pbtxt.to_json(pbtxt.parse_text(text, "config.pbtxt")), folder)
+def build(text: str, folder: str = "add_sub", gpus: tuple[int, ...] = ()) -> model_config.ModelConfig:
+    return model_config.build(pbtxt.to_json(pbtxt.parse_text(text, "config.pbtxt")), folder, gpus)
 
 
 def test_full_config() -> None:
@@ -112,8 +112,26 @@ def test_batching_rules() -> None:
 def test_unsupported_features_are_refused() -> None:
     with pytest.raises(ServerError, match="sequence_batching is not supported"):
         build('backend: "python" max_batch_size: 2 sequence_batching { }')
-    with pytest.raises(ServerError, match="KIND_GPU"):
+    with pytest.raises(ServerError, match="KIND_MODEL; naiad places instances with KIND_CPU, KIND_GPU or KIND_AUTO"):
+        build('backend: "python" instance_group [{ kind: KIND_MODEL }]')
+
+
+def test_instances_are_placed_as_triton_places_them() -> None:
+    with pytest.raises(ServerError, match="instance group add_sub_0 of model add_sub has kind KIND_GPU but no GPUs"):
         build('backend: "python" instance_group [{ kind: KIND_GPU }]')
+    with pytest.raises(ServerError, match=r"specifies invalid or unsupported gpu id 3\. GPUs available: 0, 1"):
+        build('backend: "python" instance_group [{ kind: KIND_GPU gpus: [ 3 ] }]', gpus=(0, 1))
+    with pytest.raises(ServerError, match="has kind KIND_CPU but specifies one or more GPUs"):
+        build('backend: "python" instance_group [{ kind: KIND_CPU gpus: [ 0 ] }]', gpus=(0,))
+    every_gpu = build('backend: "python" instance_group [{ kind: KIND_GPU count: 2 }]', gpus=(0, 1))
+    assert [(g.kind.value, g.gpus, g.count) for g in every_gpu.instance_groups] == [("KIND_GPU", (0, 1), 2)]
+    assert every_gpu.raw["instance_group"][0]["gpus"] == [0, 1]
+    auto_here = build('backend: "python" instance_group [{ kind: KIND_AUTO }]')
+    assert [(g.kind.value, g.gpus) for g in auto_here.instance_groups] == [("KIND_CPU", ())]
+    auto_gpu = build('backend: "python" instance_group [{ kind: KIND_AUTO }]', gpus=(0,))
+    assert [(g.kind.value, g.gpus) for g in auto_gpu.instance_groups] == [("KIND_GPU", (0,))]
+    auto_missing = build('backend: "python" instance_group [{ kind: KIND_AUTO gpus: [ 2 ] }]', gpus=(0,))
+    assert [(g.kind.value, g.gpus) for g in auto_missing.instance_groups] == [("KIND_CPU", ())]
 
 
 def test_platform_names_backend() -> None:

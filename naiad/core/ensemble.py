@@ -118,7 +118,10 @@ class _Run:
         self._batch = batch
         self._done: ResultDone | None = done
         self._tensors: dict[str, Tensor] = {tensor.name: tensor for tensor in request.inputs}
-        self._waiting = list(scheduler.config.ensemble_steps)
+        config = scheduler.config
+        requested = {output.name for output in request.outputs} if request.outputs else None
+        self._wanted = [spec.name for spec in config.outputs if requested is None or spec.name in requested]
+        self._waiting = _needed_steps(config.ensemble_steps, self._wanted)
         self._in_flight = 0
         self._started = time.monotonic_ns()
 
@@ -134,9 +137,8 @@ class _Run:
             if self._done is None:
                 return
         config = self._scheduler.config
-        if all(spec.name in self._tensors for spec in config.outputs):
-            outputs = tuple(self._tensors[spec.name] for spec in config.outputs)
-            self._finish(InferenceResult(outputs))
+        if all(name in self._tensors for name in self._wanted):
+            self._finish(InferenceResult(tuple(self._tensors[name] for name in self._wanted)))
         elif not self._in_flight:
             self._finish(
                 ServerError(
@@ -184,6 +186,21 @@ class _Run:
             elapsed = time.monotonic_ns() - self._started
             scheduler.stats.record_execution(max(1, self._batch), 1, 0, elapsed, 0)
         done(outcome)
+
+
+def _needed_steps(steps: tuple[EnsembleStep, ...], wanted: list[str]) -> list[EnsembleStep]:
+    """The steps the wanted outputs depend on, in config order: as Triton, branches nobody asked for are not run."""
+    needed_tensors = set(wanted)
+    needed: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for index, step in enumerate(steps):
+            if index not in needed and needed_tensors & set(step.output_map.values()):
+                needed.add(index)
+                needed_tensors.update(step.input_map.values())
+                changed = True
+    return [step for index, step in enumerate(steps) if index in needed]
 
 
 def _renamed(tensor: Tensor, name: str) -> Tensor:

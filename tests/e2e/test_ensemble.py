@@ -222,3 +222,43 @@ def test_step_graphs_that_cannot_work_fail_to_load_saying_why(tmp_path: Path, na
     assert "allows maximum batch size 16, but it contains model preprocess" in reasons["too_large_batch"]
     assert "circular dependency between ensembles: cycle_a -> cycle_b -> cycle_a" in reasons["cycle_a"]
     assert "circular dependency between ensembles" in reasons["cycle_b"]
+
+
+FORK = """
+platform: "ensemble"
+max_batch_size: 4
+input [ { name: "IMAGE" data_type: TYPE_UINT8 dims: [ 3, 32, 32 ] } ]
+output [
+  { name: "PIXELS" data_type: TYPE_FP32 dims: [ 3, 32, 32 ] },
+  { name: "LOGITS" data_type: TYPE_FP32 dims: [ 10 ] }
+]
+ensemble_scheduling {
+  step [
+    { model_name: "preprocess" input_map { key: "IMAGE" value: "IMAGE" } output_map { key: "PIXELS" value: "PIXELS" } },
+    { model_name: "classifier" input_map { key: "input.1" value: "PIXELS" }
+      output_map { key: "logits" value: "LOGITS" } }
+  ]
+}
+"""
+
+
+def test_steps_that_no_requested_output_needs_are_not_run(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo, _ = build_pipeline(tmp_path)
+    (repo / "fork" / "1").mkdir(parents=True)
+    (repo / "fork" / "config.pbtxt").write_text(FORK)
+    server = naiad.start(repo, grpc=True)
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    images = np.random.default_rng(5).integers(1, 255, size=(1, 3, 32, 32), dtype=np.uint8)
+    tensor = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+
+    def classifier_runs() -> int:
+        stats = requests.get(server.url + "/v2/models/classifier/stats", timeout=5).json()["model_stats"][0]
+        return int(stats["inference_count"])
+
+    pixels_only = client.infer("fork", [tensor], outputs=[grpcclient.InferRequestedOutput("PIXELS")])
+    assert pixels_only.as_numpy("PIXELS") is not None and pixels_only.as_numpy("LOGITS") is None
+    assert classifier_runs() == 0
+    both = client.infer("fork", [tensor])
+    assert both.as_numpy("LOGITS") is not None and both.as_numpy("LOGITS").shape == (1, 10)
+    assert classifier_runs() == 1

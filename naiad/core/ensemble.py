@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from naiad.core.stats import ModelStats
-from naiad.domain.errors import ErrorCode, ServerError, invalid
+from naiad.domain.errors import ErrorCode, ServerError, internal, invalid
 from naiad.domain.model_config import EnsembleStep, ModelConfig
 from naiad.domain.tensors import InferenceRequest, InferenceResponse, InferenceResult, RequestedOutput, Tensor
 
@@ -162,6 +162,9 @@ class _Run:
                 return
             produced = {tensor.name: tensor for tensor in outcome.outputs}
             for model_output, tensor in step.output_map.items():
+                if model_output not in produced:
+                    self._fail(internal(f"model '{step.model_name}' returned no output '{model_output}'"))
+                    return
                 self._tensors[tensor] = _renamed(produced[model_output], tensor)
             self.advance()
 

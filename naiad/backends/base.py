@@ -34,7 +34,7 @@ class InstanceContext:
     model_dir: Path
     version_dir: Path
     instance_name: str
-    kind: str
+    kind: str  # CPU, GPU, or AUTO: a KIND_AUTO group placed on GPU `device_id`, which may fall back to the CPU
     device_id: int
     caller: ModelCaller
 

@@ -130,16 +130,31 @@ class OnnxRuntimeInstance:
         """Join the requests into one batch, run the session once, split the outputs back."""
         batch = Batch(requests, self._batched)
         try:
-            values = self._session.run(self._output_names, batch.inputs, self._run_options)
+            feed = {name: _as_text(array) if array.dtype == object else array for name, array in batch.inputs.items()}
+        except UnicodeDecodeError:
+            failure = invalid(f"a BYTES input of model '{self._name}' is not UTF-8 text, which ONNX strings must be")
+            return [failure] * len(requests)
+        try:
+            values = self._session.run(self._output_names, feed, self._run_options)
         except Exception as exc:  # onnxruntime raises its own exception classes
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return [internal(f"onnx runtime error in model '{self._name}': {text}")] * len(requests)
-        outputs = {name: np.asarray(value) for name, value in zip(self._output_names, values, strict=True)}
+        # a scalar model output is served with dims [1], as auto-complete describes it
+        outputs = {
+            name: np.asarray(value).reshape(1) if np.ndim(value) == 0 else np.asarray(value)
+            for name, value in zip(self._output_names, values, strict=True)
+        }
         return batch.split(outputs, self._datatypes, self._name)
 
     def unload(self) -> None:
         """Drop the session."""
         self._session = None
+
+
+def _as_text(array: np.ndarray) -> np.ndarray:
+    """BYTES elements as the `str` onnxruntime's string tensors take (it would `str()` a bytes object)."""
+    flat = [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in array.ravel()]
+    return np.array(flat, dtype=object).reshape(array.shape)
 
 
 def _model_path(version_dir: Path, filename: str) -> Path:
@@ -209,6 +224,13 @@ def _check_dims(spec: TensorSpec, node: Any, config: ModelConfig, role: str) -> 
     model_dims = [dim if isinstance(dim, int) and dim >= 0 else -1 for dim in node.shape]
     dims = list(spec.reshape if spec.reshape is not None else spec.dims)
     where = f"model '{config.name}', tensor '{spec.name}'"
+    if not model_dims and config.max_batch_size == 0:  # a scalar: Triton takes any dims of ones
+        if any(dim != 1 for dim in dims):
+            raise invalid(
+                f"unable to load model '{config.name}', scalar tensor '{spec.name}', should only provide 1 in the "
+                f"model configuration when the model doesn't support batching. Model configuration provided: {dims}."
+            )
+        return
     if config.max_batch_size > 0:
         if not model_dims or model_dims[0] != -1:
             raise invalid(
@@ -256,8 +278,9 @@ def _session_options(ort: Any, config: ModelConfig) -> tuple[Any, Any]:
     options.enable_cpu_mem_arena = flag(parameters, "enable_mem_arena", True, config.name)
     options.enable_mem_pattern = flag(parameters, "enable_mem_pattern", True, config.name)
     run_options = ort.RunOptions()
-    if flag(parameters, "memory.enable_memory_arena_shrinkage", False, config.name):
-        run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    shrinkage = parameters.get("memory.enable_memory_arena_shrinkage")
+    if shrinkage:  # onnxruntime's own syntax, passed through as Triton does: "cpu:0", "cpu:0;gpu:0"
+        run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", shrinkage)
     return options, run_options
 
 

@@ -199,6 +199,9 @@ def _device(torch: Any, context: InstanceContext) -> Any:
     kind = context.kind
     if kind == "AUTO":
         kind = "GPU" if torch.cuda.is_available() else "CPU"
+        if kind == "CPU":
+            name, version = context.config.name, torch.__version__
+            _LOG.info("model '%s': KIND_AUTO runs on the CPU: torch %s has no CUDA", name, version)
     if kind == "GPU":
         if not torch.cuda.is_available():
             raise invalid(

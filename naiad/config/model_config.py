@@ -69,10 +69,12 @@ def build(raw: dict[str, Any], folder_name: str, gpus: tuple[int, ...] = ()) -> 
         _check_ensemble(proto, where)
     elif not proto.instance_group:
         proto.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    auto_on_gpu: set[str] = set()
     for index, group in enumerate(proto.instance_group):
         if not group.name:
             group.name = f"{folder_name}_{index}"
-        _place(group, gpus, folder_name)
+        if _place(group, gpus, folder_name):
+            auto_on_gpu.add(group.name)
         if group.count < 1:
             # as in Triton: two CPU instances for the ONNX Runtime and TensorFlow backends, one otherwise
             two = group.kind == group.KIND_CPU and proto.backend in _TWO_CPU_INSTANCES
@@ -93,7 +95,7 @@ def build(raw: dict[str, Any], folder_name: str, gpus: tuple[int, ...] = ()) -> 
         inputs=tuple(_tensor(item, "input", where) for item in filled.get("input", [])),
         outputs=tuple(_tensor(item, "output", where) for item in filled.get("output", [])),
         version_policy=_version_policy(filled.get("version_policy", {})),
-        instance_groups=tuple(_instance_group(item, where) for item in filled.get("instance_group", [])),
+        instance_groups=tuple(_instance_group(item, where, auto_on_gpu) for item in filled.get("instance_group", [])),
         dynamic_batching=batching,
         default_model_filename=proto.default_model_filename,
         parameters=MappingProxyType(
@@ -104,11 +106,13 @@ def build(raw: dict[str, Any], folder_name: str, gpus: tuple[int, ...] = ()) -> 
     )
 
 
-def _place(group: Any, gpus: tuple[int, ...], model: str) -> None:
-    """Triton's placement: KIND_AUTO is KIND_GPU where the GPUs exist, KIND_GPU without `gpus` means every GPU."""
+def _place(group: Any, gpus: tuple[int, ...], model: str) -> bool:
+    """Triton's placement: KIND_AUTO is KIND_GPU where the GPUs exist, KIND_GPU without `gpus` means every GPU.
+    True when a KIND_AUTO group was placed on GPUs."""
     kinds = model_config_pb2.ModelInstanceGroup
     where = f"instance group {group.name} of model {model}"
-    if group.kind == kinds.KIND_AUTO:
+    auto = group.kind == kinds.KIND_AUTO
+    if auto:
         fits = bool(gpus) and all(gpu in gpus for gpu in group.gpus)
         group.kind = kinds.KIND_GPU if fits else kinds.KIND_CPU
         if not fits:
@@ -126,6 +130,7 @@ def _place(group: Any, gpus: tuple[int, ...], model: str) -> None:
             group.gpus.extend(gpus)
     elif group.kind == kinds.KIND_MODEL:
         raise invalid(f"{where} has kind KIND_MODEL; naiad places instances with KIND_CPU, KIND_GPU or KIND_AUTO")
+    return bool(auto and group.kind == kinds.KIND_GPU)
 
 
 def _check_ensemble(proto: Any, where: str) -> None:
@@ -144,17 +149,22 @@ def _check_ensemble(proto: Any, where: str) -> None:
     steps = proto.ensemble_scheduling.step
     if not steps:
         raise invalid(f"must specify 'step' for ensemble '{name}'")
+    written: set[str] = set()
     for index, step in enumerate(steps):
         for field_name in ("model_name", "input_map", "output_map"):
             if not getattr(step, field_name):
                 raise invalid(f"must specify '{field_name}' in step {index} of ensemble '{name}'")
-        written = list(step.output_map.values())
-        for tensor in written:
-            if written.count(tensor) > 1:
+        for tensor in step.output_map.values():
+            if tensor in written:
                 raise invalid(
                     f"ensemble tensor '{tensor}' can appear in an output map only once for ensemble '{name}' "
                     f"step {index}"
                 )
+            written.add(tensor)
+    consumed = {tensor for step in steps for tensor in step.input_map.values()}
+    outputs = {output.name for output in proto.output}
+    for tensor in sorted(written - consumed - outputs):
+        raise invalid(f"ensemble tensor '{tensor}' is unused in ensemble '{name}'")
 
 
 def _ensemble_step(item: dict[str, Any]) -> EnsembleStep:
@@ -209,13 +219,13 @@ def _version_policy(data: dict[str, Any]) -> VersionPolicy:
     return VersionPolicy(VersionPolicyKind.LATEST, num_versions=int(latest.get("num_versions", 1)))
 
 
-def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
+def _instance_group(data: dict[str, Any], where: str, auto_on_gpu: set[str]) -> InstanceGroup:
     kind = InstanceKind(data.get("kind", "KIND_CPU"))
     gpus = tuple(int(g) for g in data.get("gpus", []))
     name = str(data["name"])
     if kind is InstanceKind.CPU and gpus:
         raise invalid(f"instance group {name} of {where} has kind KIND_CPU but specifies one or more GPUs")
-    return InstanceGroup(name=name, kind=kind, count=int(data.get("count", 1)), gpus=gpus)
+    return InstanceGroup(name=name, kind=kind, count=int(data.get("count", 1)), gpus=gpus, auto=name in auto_on_gpu)
 
 
 def _dynamic_batching(data: dict[str, Any] | None, max_batch_size: int, where: str) -> DynamicBatching | None:

@@ -132,6 +132,9 @@ class _Run:
         ready = [s for s in self._waiting if all(t in self._tensors for t in s.input_map.values())]
         for step in ready:
             self._waiting.remove(step)
+        # counted before any starts: a step that finishes at once must not find the run idle while its
+        # siblings are still to be started
+        self._in_flight += len(ready)
         for step in ready:
             self._start(step)
             if self._done is None:
@@ -153,7 +156,6 @@ class _Run:
         wanted = tuple(RequestedOutput(name) for name in step.output_map)
         request = InferenceRequest(inputs, wanted, self._request.id, self._request.parameters)
         version = str(step.model_version) if step.model_version > 0 else ""
-        self._in_flight += 1
 
         def step_done(outcome: InferenceResponse | ServerError) -> None:
             self._in_flight -= 1

@@ -86,7 +86,7 @@ class ModelVersion:
                         model_dir=self.source.path,
                         version_dir=version_dir,
                         instance_name=f"{group.name}_{index}",
-                        kind=group.kind.value.removeprefix("KIND_"),
+                        kind="AUTO" if group.auto else group.kind.value.removeprefix("KIND_"),
                         device_id=device_id,
                         caller=caller,
                     )

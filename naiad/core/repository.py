@@ -71,7 +71,8 @@ def inspect_layout(repositories: tuple[str, ...]) -> list[Finding]:
             findings.append(Finding(repository, "not a directory", "give the repository folder's path", True))
             continue
         entries = [entry for entry in sorted(root.iterdir()) if not entry.name.startswith(".")]
-        versions_here = [e.name for e in entries if e.is_dir() and e.name.isdigit()]
+        # a digit-named folder holding a model file is a version: the path names a model folder
+        versions_here = [e.name for e in entries if e.is_dir() and e.name.isdigit() and any(e.glob("model.*"))]
         if (root / "config.pbtxt").is_file() or versions_here:
             held = "config.pbtxt" if (root / "config.pbtxt").is_file() else f"version folder '{versions_here[0]}'"
             findings.append(

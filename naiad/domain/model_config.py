@@ -90,6 +90,7 @@ class InstanceGroup:
     kind: InstanceKind
     count: int
     gpus: tuple[int, ...] = ()
+    auto: bool = False  # KIND_AUTO placed on GPUs: a backend whose framework has no CUDA may run it on the CPU
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,10 +71,18 @@ def export(request: ExportRequest, say: Callable[[str], None]) -> Path:
     """Write the repository entry; returns the model folder."""
     torch = _import_torch()
     module = _build_module(torch, request)
-    first, second = (_examples(torch, request, size) for size in (7, 5))
-    with torch.no_grad():
-        outputs_first = _as_tuple(torch, module(*first))
-        outputs_second = _as_tuple(torch, module(*second))
+    first, second = (_examples(torch, request, size, batch) for size, batch in ((7, 2), (5, 3)))
+    try:
+        with torch.no_grad():
+            outputs_first = _as_tuple(torch, module(*first))
+            outputs_second = _as_tuple(torch, module(*second))
+    except ExportError:
+        raise
+    except Exception as exc:  # the user's forward() on the example inputs
+        shapes = ", ".join(f"{spec.name} {list(t.shape)}" for spec, t in zip(request.inputs, first, strict=True))
+        raise ExportError(
+            f"the module fails on example inputs ({shapes}): {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from None
     names = request.outputs or tuple(f"output__{i}" for i in range(len(outputs_first)))
     if len(names) != len(outputs_first):
         raise ExportError(f"the module returns {len(outputs_first)} outputs but {len(names)} --output names were given")
@@ -173,15 +181,15 @@ def _load_weights(torch: Any, module: Any, weights: Path) -> None:
         raise ExportError(f"the weights in '{weights}' do not fit the module: {detail}") from None
 
 
-def _examples(torch: Any, request: ExportRequest, size: int) -> tuple[Any, ...]:
-    """Example inputs: batch 2 when the model batches, and `size` for every -1 dim (two sizes reveal which output
-    dims follow the inputs)."""
+def _examples(torch: Any, request: ExportRequest, size: int, batch: int) -> tuple[Any, ...]:
+    """Example inputs: `batch` rows when the model batches, and `size` for every -1 dim (two sizes reveal which output
+    dims follow the inputs, and that the saved model takes other batch sizes than the one it was traced with)."""
     tensors = []
     generator = np.random.default_rng(size)
     for spec in request.inputs:
         shape = [size if d == -1 else d for d in spec.dims]
         if request.max_batch_size > 0:
-            shape = [2, *shape]
+            shape = [batch, *shape]
         dtype = numpy_dtype(spec.datatype)
         if dtype.kind == "f":
             array = generator.normal(size=shape).astype(dtype)

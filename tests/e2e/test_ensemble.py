@@ -196,7 +196,8 @@ def test_step_graphs_that_cannot_work_fail_to_load_saying_why(tmp_path: Path, na
     repo, _ = build_pipeline(tmp_path)
     broken = {
         "unknown_input": PIPELINE.replace('key: "input.1" value: "pixels"', 'key: "images" value: "pixels"'),
-        "unwritten_output": PIPELINE.replace('{ key: "LABEL" value: "LABEL" }', '{ key: "LABEL" value: "label2" }'),
+        "unwritten_output": PIPELINE.replace(', { key: "LABEL" value: "LABEL" }', ""),
+        "unused_tensor": PIPELINE.replace('{ key: "LABEL" value: "LABEL" }', '{ key: "LABEL" value: "label2" }'),
         "missing_model": PIPELINE.replace('model_name: "postprocess"', 'model_name: "nowhere"'),
         "too_large_batch": PIPELINE.replace("max_batch_size: 4", "max_batch_size: 16"),
         "cycle_a": 'platform: "ensemble"\nmax_batch_size: 4\n'
@@ -218,6 +219,7 @@ def test_step_graphs_that_cannot_work_fail_to_load_saying_why(tmp_path: Path, na
         in (reasons["unknown_input"])
     )
     assert "output 'LABEL' for ensemble 'unwritten_output' is not written" in reasons["unwritten_output"]
+    assert "ensemble tensor 'label2' is unused in ensemble 'unused_tensor'" in reasons["unused_tensor"]
     assert "contains models that are not available or ambiguous: nowhere" in reasons["missing_model"]
     assert "allows maximum batch size 16, but it contains model preprocess" in reasons["too_large_batch"]
     assert "circular dependency between ensembles: cycle_a -> cycle_b -> cycle_a" in reasons["cycle_a"]

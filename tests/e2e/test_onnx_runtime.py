@@ -179,3 +179,49 @@ def test_configs_and_files_that_do_not_fit_fail_to_load_saying_why(tmp_path: Pat
     reply = requests.post(server.url + "/v2/models/relu/infer", json=body, timeout=10)
     assert reply.status_code == 200, reply.text
     assert reply.json()["outputs"][0]["data"] == [0, 2, 0, 4, 5, 0, 7, 0]
+
+
+def test_scalar_outputs_strings_and_onnxruntime_parameters(tmp_path: Path, naiad: ServerFactory) -> None:
+    from onnx import TensorProto, helper
+
+    repo = tmp_path / "models"
+    total = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=0)],
+            "total",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+            [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
+            initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [0])],
+        ),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    total.ir_version = 8
+    (repo / "total" / "1").mkdir(parents=True)
+    onnx.save(total, str(repo / "total" / "1" / "model.onnx"))
+    echo = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["text"], ["same"])],
+            "echo",
+            [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 2])],
+            [helper.make_tensor_value_info("same", TensorProto.STRING, ["batch", 2])],
+        ),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    echo.ir_version = 8
+    (repo / "echo" / "1").mkdir(parents=True)
+    onnx.save(echo, str(repo / "echo" / "1" / "model.onnx"))
+    (repo / "echo" / "config.pbtxt").write_text(
+        'backend: "onnxruntime"\n'
+        'parameters { key: "memory.enable_memory_arena_shrinkage" value: { string_value: "cpu:0" } }\n'
+    )
+    server = naiad.start(repo)
+    config = requests.get(server.url + "/v2/models/total/config", timeout=5).json()
+    assert config["max_batch_size"] == 0 and config["output"][0]["dims"] == [1]
+    body = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3.5]}]}
+    reply = requests.post(server.url + "/v2/models/total/infer", json=body, timeout=10)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["outputs"][0] == {"name": "total", "datatype": "FP32", "shape": [1], "data": [6.5]}
+    body = {"inputs": [{"name": "text", "shape": [1, 2], "datatype": "BYTES", "data": ["ab", "héllo"]}]}
+    reply = requests.post(server.url + "/v2/models/echo/infer", json=body, timeout=10)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["outputs"][0]["data"] == ["ab", "héllo"]

@@ -261,6 +261,8 @@ def _initialize_args(context: InstanceContext) -> dict[str, str]:
     """Triton's `args` for `initialize`: every value a string."""
     config = context.config
     kind = context.kind.removeprefix("KIND_") if context.kind else "CPU"
+    if kind == "AUTO":  # a KIND_AUTO group placed on a GPU: Triton tells the model GPU
+        kind = "GPU"
     return {
         "model_config": json.dumps(dict(config.raw), default=_plain),
         "model_instance_kind": kind,

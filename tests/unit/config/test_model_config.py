@@ -129,7 +129,8 @@ def test_instances_are_placed_as_triton_places_them() -> None:
     auto_here = build('backend: "python" instance_group [{ kind: KIND_AUTO }]')
     assert [(g.kind.value, g.gpus) for g in auto_here.instance_groups] == [("KIND_CPU", ())]
     auto_gpu = build('backend: "python" instance_group [{ kind: KIND_AUTO }]', gpus=(0,))
-    assert [(g.kind.value, g.gpus) for g in auto_gpu.instance_groups] == [("KIND_GPU", (0,))]
+    assert [(g.kind.value, g.gpus, g.auto) for g in auto_gpu.instance_groups] == [("KIND_GPU", (0,), True)]
+    assert not every_gpu.instance_groups[0].auto
     auto_missing = build('backend: "python" instance_group [{ kind: KIND_AUTO gpus: [ 2 ] }]', gpus=(0,))
     assert [(g.kind.value, g.gpus) for g in auto_missing.instance_groups] == [("KIND_CPU", ())]
 

@@ -25,8 +25,8 @@ from naiad.domain.tensors import InferenceRequest, InferenceResult
 _LOG = logging.getLogger("naiad.backends.torchscript")
 DEFAULT_FILENAME = "model.pt"
 
-# KServe datatype -> torch dtype name; Triton's PyTorch backend has no UINT16/32/64 or BF16 (and BYTES only as
-# List[str], which naiad does not serve yet).
+# KServe datatype -> torch dtype name; Triton's PyTorch backend has no UINT16/32/64 or BF16. BYTES travels as a
+# one-dimensional List[str], as in Triton.
 _TORCH_TYPES = {
     "BOOL": "bool",
     "UINT8": "uint8",
@@ -98,14 +98,15 @@ class TorchScriptInstance:
         self._call = _input_mapping(module, config)
         self._outputs = _output_indices(config)
         self._datatypes = {spec.name: spec.datatype for spec in config.outputs}
-        self._expected = {spec.name: getattr(torch, _TORCH_TYPES[spec.datatype]) for spec in config.outputs}
+        tensors = [spec for spec in config.outputs if spec.datatype != "BYTES"]
+        self._expected = {spec.name: getattr(torch, _TORCH_TYPES[spec.datatype]) for spec in tensors}
 
     def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult | ServerError]:
         """Join the requests into one batch, run `forward()` once, split the outputs back."""
         batch = Batch(requests, self._batched)
         torch = self._torch
         try:
-            tensors = {name: torch.from_numpy(array).to(self._device) for name, array in batch.inputs.items()}
+            tensors = {name: self._argument(array) for name, array in batch.inputs.items()}
             with self._grad_mode(), torch.jit.optimized_execution(self._parameters.optimized):
                 result = self._call(tensors)
             outputs = self._collect(result)
@@ -118,12 +119,20 @@ class TorchScriptInstance:
                 torch.cuda.empty_cache()
         return batch.split(outputs, self._datatypes, self._name)
 
+    def _argument(self, array: np.ndarray) -> Any:
+        """A tensor on the instance's device, or for BYTES the List[str] Triton passes."""
+        if array.dtype == object:
+            return [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in array.ravel()]
+        return self._torch.from_numpy(array).to(self._device)
+
     def _collect(self, result: Any) -> dict[str, np.ndarray]:
         torch = self._torch
         if isinstance(result, torch.Tensor):
             values: Sequence[Any] = (result,)
         elif isinstance(result, tuple):
             values = result
+        elif isinstance(result, list) and all(isinstance(item, str) for item in result):
+            values = (result,)  # a List[str] is output 0, as in Triton
         else:
             kind = "a list" if isinstance(result, list) else "a dictionary" if isinstance(result, dict) else "a scalar"
             raise internal(
@@ -138,6 +147,13 @@ class TorchScriptInstance:
                     f"which doesn't exist. This model has {len(values)} outputs"
                 )
             value = values[index]
+            if self._datatypes[name] == "BYTES":
+                if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                    raise invalid(
+                        f"output '{name}' of model '{self._name}' is BYTES, so forward() must return List[str]"
+                    )
+                outputs[name] = np.array([item.encode("utf-8") for item in value], dtype=object)
+                continue
             if not isinstance(value, torch.Tensor):
                 raise internal(f"output '{name}' of model '{self._name}' must be of type Tensor, got {type(value)}")
             if value.dim() == 0:
@@ -265,9 +281,9 @@ def _input_mapping(module: Any, config: ModelConfig) -> Callable[[dict[str, Any]
     arguments = [a for a in module.forward.schema.arguments if type(a.type).__name__ != "ClassType"]
     names = [spec.name for spec in config.inputs]
     for spec in config.inputs:
-        _check_type(spec, "input", config.name)
+        _check_type(spec, "input", config.name, config.max_batch_size > 0)
     for spec in config.outputs:
-        _check_type(spec, "output", config.name)
+        _check_type(spec, "output", config.name, config.max_batch_size > 0)
     if len(arguments) == 1 and type(arguments[0].type).__name__ == "DictType":
         return lambda tensors: module(tensors)
     if len(arguments) != len(names):
@@ -303,7 +319,13 @@ def _named_indices(names: list[str]) -> list[int] | None:
     return indices
 
 
-def _check_type(spec: TensorSpec, role: str, model: str) -> None:
+def _check_type(spec: TensorSpec, role: str, model: str, batched: bool) -> None:
+    if spec.datatype == "BYTES":
+        if len(spec.dims) + batched > 1:
+            raise invalid(
+                f"Triton only supports 1 dimensional List of String as {role} for '{spec.name}' for model '{model}'"
+            )
+        return
     if spec.datatype not in _TORCH_TYPES:
         raise invalid(
             f"unsupported datatype {to_config_type(spec.datatype)} for {role} '{spec.name}' for model '{model}': "

@@ -261,3 +261,52 @@ def test_wrong_output_datatype_and_missing_output_index_are_request_errors(
     missing = requests.post(server.url + "/v2/models/no_index/infer", json=body, timeout=10)
     assert missing.status_code == 400
     assert "refers to an output index which doesn't exist. This model has 1 outputs" in missing.json()["error"]
+
+
+class Shout(torch.nn.Module):  # type: ignore[misc]
+    """List[str] in: the strings upper-cased, and their lengths as a tensor."""
+
+    def forward(self, words: list[str]) -> tuple[list[str], torch.Tensor]:
+        lengths = torch.tensor([len(word) for word in words], dtype=torch.int64)
+        return [word.upper() for word in words], lengths
+
+
+def test_bytes_travel_as_a_list_of_strings(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    (repo / "shout" / "1").mkdir(parents=True)
+    torch.jit.save(torch.jit.script(Shout()), str(repo / "shout" / "1" / "model.pt"))
+    write_config(
+        repo,
+        "shout",
+        """
+        platform: "pytorch_libtorch"
+        max_batch_size: 0
+        input [ { name: "WORDS__0" data_type: TYPE_STRING dims: [ -1 ] } ]
+        output [ { name: "LOUD__0" data_type: TYPE_STRING dims: [ -1 ] },
+                 { name: "LENGTHS__1" data_type: TYPE_INT64 dims: [ -1 ] } ]
+        """,
+    )
+    (repo / "too_wide" / "1").mkdir(parents=True)
+    torch.jit.save(torch.jit.script(Shout()), str(repo / "too_wide" / "1" / "model.pt"))
+    write_config(
+        repo,
+        "too_wide",
+        """
+        platform: "pytorch_libtorch"
+        max_batch_size: 4
+        input [ { name: "WORDS__0" data_type: TYPE_STRING dims: [ 2 ] } ]
+        output [ { name: "LOUD__0" data_type: TYPE_STRING dims: [ 2 ] },
+                 { name: "LENGTHS__1" data_type: TYPE_INT64 dims: [ 2 ] } ]
+        """,
+    )
+    server = naiad.start(repo, "--exit-on-error=false", "--strict-readiness=false")
+    body = {"inputs": [{"name": "WORDS__0", "shape": [3], "datatype": "BYTES", "data": ["naiad", "is", "héré"]}]}
+    reply = requests.post(server.url + "/v2/models/shout/infer", json=body, timeout=10)
+    assert reply.status_code == 200, reply.text
+    outputs = {o["name"]: o for o in reply.json()["outputs"]}
+    # as TorchScript itself answers: it upper-cases ASCII only and counts UTF-8 bytes
+    loud, lengths = torch.jit.script(Shout())(["naiad", "is", "héré"])
+    assert outputs["LOUD__0"]["data"] == loud == ["NAIAD", "IS", "HéRé"]
+    assert outputs["LENGTHS__1"]["data"] == lengths.tolist() == [5, 2, 6]
+    index = {e["name"]: e for e in requests.post(server.url + "/v2/repository/index", timeout=10).json()}
+    assert "Triton only supports 1 dimensional List of String as input for 'WORDS__0'" in index["too_wide"]["reason"]

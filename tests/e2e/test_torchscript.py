@@ -271,34 +271,22 @@ class Shout(torch.nn.Module):  # type: ignore[misc]
         return [word.upper() for word in words], lengths
 
 
+def shout_config(max_batch_size: int, dims: str) -> str:
+    return f"""
+        platform: "pytorch_libtorch"
+        max_batch_size: {max_batch_size}
+        input [ {{ name: "WORDS__0" data_type: TYPE_STRING dims: [ {dims} ] }} ]
+        output [ {{ name: "LOUD__0" data_type: TYPE_STRING dims: [ {dims} ] }},
+                 {{ name: "LENGTHS__1" data_type: TYPE_INT64 dims: [ {dims} ] }} ]
+        """
+
+
 def test_bytes_travel_as_a_list_of_strings(tmp_path: Path, naiad: ServerFactory) -> None:
     repo = tmp_path / "models"
-    (repo / "shout" / "1").mkdir(parents=True)
-    torch.jit.save(torch.jit.script(Shout()), str(repo / "shout" / "1" / "model.pt"))
-    write_config(
-        repo,
-        "shout",
-        """
-        platform: "pytorch_libtorch"
-        max_batch_size: 0
-        input [ { name: "WORDS__0" data_type: TYPE_STRING dims: [ -1 ] } ]
-        output [ { name: "LOUD__0" data_type: TYPE_STRING dims: [ -1 ] },
-                 { name: "LENGTHS__1" data_type: TYPE_INT64 dims: [ -1 ] } ]
-        """,
-    )
-    (repo / "too_wide" / "1").mkdir(parents=True)
-    torch.jit.save(torch.jit.script(Shout()), str(repo / "too_wide" / "1" / "model.pt"))
-    write_config(
-        repo,
-        "too_wide",
-        """
-        platform: "pytorch_libtorch"
-        max_batch_size: 4
-        input [ { name: "WORDS__0" data_type: TYPE_STRING dims: [ 2 ] } ]
-        output [ { name: "LOUD__0" data_type: TYPE_STRING dims: [ 2 ] },
-                 { name: "LENGTHS__1" data_type: TYPE_INT64 dims: [ 2 ] } ]
-        """,
-    )
+    for name, config in (("shout", shout_config(0, "-1")), ("too_wide", shout_config(4, "2"))):
+        (repo / name / "1").mkdir(parents=True)
+        torch.jit.save(torch.jit.script(Shout()), str(repo / name / "1" / "model.pt"))
+        write_config(repo, name, config)
     server = naiad.start(repo, "--exit-on-error=false", "--strict-readiness=false")
     body = {"inputs": [{"name": "WORDS__0", "shape": [3], "datatype": "BYTES", "data": ["naiad", "is", "héré"]}]}
     reply = requests.post(server.url + "/v2/models/shout/infer", json=body, timeout=10)

@@ -4,6 +4,7 @@ is ready."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +25,19 @@ class HealthService:
     def __init__(self, server: InferenceServer, watch_interval: float = 1.0) -> None:
         self.server = server
         self.watch_interval = watch_interval
+        self._exiting = asyncio.Event()
+        self._watchers = 0
+        self._no_watchers = asyncio.Event()
+        self._no_watchers.set()
+
+    def begin_exit(self) -> None:
+        """Wake every Watch now, so that each sends NOT_SERVING and ends before the gRPC server stops."""
+        self._exiting.set()
+
+    async def watchers_done(self, timeout: float) -> None:
+        """Wait (up to `timeout` seconds) until no Watch stream is open."""
+        with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError itself from 3.11 on
+            await asyncio.wait_for(self._no_watchers.wait(), timeout)
 
     def status(self, service: str) -> int:
         """A model's name asks for that model's readiness; any other name, "" included, for the server's, as Triton
@@ -46,11 +60,19 @@ class HealthService:
         self, request: health_pb2.HealthCheckRequest, context: Context
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last = -1
-        while True:
-            status = self.status(request.service)
-            if status != last:
-                yield health_pb2.HealthCheckResponse(status=status)
-                last = status
-            if self.server.exiting:  # NOT_SERVING is sent; end the stream so that shutdown need not wait for it
-                return
-            await asyncio.sleep(self.watch_interval)
+        self._watchers += 1
+        self._no_watchers.clear()
+        try:
+            while True:
+                status = self.status(request.service)
+                if status != last:
+                    yield health_pb2.HealthCheckResponse(status=status)  # returns once the message is written
+                    last = status
+                if self.server.exiting or self._exiting.is_set():  # NOT_SERVING is written; end the stream
+                    return
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._exiting.wait(), self.watch_interval)
+        finally:
+            self._watchers -= 1
+            if not self._watchers:
+                self._no_watchers.set()

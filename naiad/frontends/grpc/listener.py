@@ -32,7 +32,8 @@ class GrpcListener:
         self._settings = settings
         self._server = grpc.aio.server(options=channel_options(settings))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(server), self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(HealthService(server), self._server)
+        self._health = HealthService(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self, port: int) -> int:
@@ -54,7 +55,13 @@ class GrpcListener:
     def stop_accepting(self, grace: float) -> None:
         """Refuse new calls from now on; calls in flight get up to `grace` seconds."""
         if self._stopping is None:
-            self._stopping = asyncio.get_running_loop().create_task(self._server.stop(grace))
+            self._stopping = asyncio.get_running_loop().create_task(self._stop(grace))
+
+    async def _stop(self, grace: float) -> None:
+        # health watchers first: each writes NOT_SERVING and ends while the server still sends messages
+        self._health.begin_exit()
+        await self._health.watchers_done(timeout=min(grace, 1.0))
+        await self._server.stop(grace)
 
     async def close(self, timeout: float) -> None:
         """Give calls still writing their answers up to `timeout` seconds, cancel what is left (idle streams), and

@@ -69,7 +69,11 @@ class ModelManager:
             )
         )
         ensembles = [name for name, p in prepared.items() if p is not None and p[0] is None]
-        for name in _ensemble_order(ensembles, self._records):
+        ordered = _ensemble_order(ensembles, self._records)
+        for name in ensembles:
+            if name not in ordered:
+                logger.error("failed to load model '%s': %s", name, self._records[name].reason)
+        for name in ordered:
             self._load_ensemble(self._records[name], submit)
 
     def _prepare(self, record: ModelRecord) -> tuple[Backend | None, list[int]] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -78,13 +79,17 @@ def build_repository(root: Path) -> dict[str, Path]:
     return files
 
 
-def direct_rate(model: str, path: Path, batch: int, seconds: float) -> float:
-    """Rows per second of the framework called in this process on batches of `batch`."""
+def direct_rate(model: str, path: Path, batch: int, seconds: float, threads: int = 0) -> float:
+    """Rows per second of the framework called in this process on batches of `batch` (on `threads` intra-op threads
+    when given, else the framework's default)."""
     rng = np.random.default_rng(0)
     shape = (batch, *INPUT_SHAPES[model])
     if model.startswith("mlp"):
         import torch
 
+        default_threads = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
         module = torch.jit.load(str(path))
         data = torch.from_numpy(rng.normal(size=shape).astype(np.float32))
 
@@ -94,7 +99,9 @@ def direct_rate(model: str, path: Path, batch: int, seconds: float) -> float:
     else:
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         feed = {"images": rng.normal(size=shape).astype(np.float32)}
 
         def call() -> Any:
@@ -107,7 +114,10 @@ def direct_rate(model: str, path: Path, batch: int, seconds: float) -> float:
     while time.perf_counter() - start < seconds:
         call()
         calls += 1
-    return calls * batch / (time.perf_counter() - start)
+    rate = calls * batch / (time.perf_counter() - start)
+    if model.startswith("mlp") and threads:
+        torch.set_num_threads(default_threads)
+    return rate
 
 
 def stats_of(server: Server, model: str) -> tuple[int, int]:
@@ -125,6 +135,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16, help="perf_analyzer concurrency")
     p.add_argument("--measurement-ms", type=int, default=4000, help="perf_analyzer -p")
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="perf_analyzer -i")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="perf_analyzer on CPU 0, the server on CPU 1 with one intra-op thread, and the direct baseline on CPU 1 "
+        "with one thread too: the serving cost on equal CPU, without the client's share",
+    )
     p.add_argument("--peers-dir", default="/tmp/peers", help="where ../shared/peers/setup.sh installed perf_analyzer")
     p.add_argument("--peers-src", default=str(REPO_ROOT.parent / "shared" / "peers"), help="setup.sh's dir")
     p.add_argument("--naiad-python", default=sys.executable, help="interpreter that runs `-m naiad serve`")
@@ -140,11 +156,18 @@ def bench(args: argparse.Namespace) -> int:
     peers.check([], need_perf_analyzer=True, need_wrk=False)
     work = Path(tempfile.mkdtemp(prefix="naiad-bench-fw-"))
     files = build_repository(work / "models")
+    if args.pin:
+        for name in args.model_list:
+            key = "INTRA_OP_THREAD_COUNT" if name.startswith("mlp") else "intra_op_thread_count"
+            config = work / "models" / name / "config.pbtxt"
+            config.write_text(config.read_text() + f'parameters {{ key: "{key}" value: {{ string_value: "1" }} }}\n')
+    server_cpu = ["taskset", "-c", "1"] if args.pin else []
+    client_cpu = ["taskset", "-c", "0"] if args.pin else []
     http_port, grpc_port = free_port(), free_port()
     server = Server(
         "naiad",
         [
-            args.naiad_python, *("-m", "naiad", "serve", "--model-repository", str(work / "models")),
+            *server_cpu, args.naiad_python, *("-m", "naiad", "serve", "--model-repository", str(work / "models")),
             *("--http-address", "127.0.0.1", "--http-port", str(http_port), "--grpc-address", "127.0.0.1"),
             *("--grpc-port", str(grpc_port), "--allow-metrics=false", "--log-info=false"),
         ],
@@ -161,7 +184,8 @@ def bench(args: argparse.Namespace) -> int:
                 before = stats_of(server, model)
                 port = grpc_port if args.protocol == "grpc" else http_port
                 argv = [
-                    str(peers.perf_analyzer), *("-m", model, "-u", f"127.0.0.1:{port}", "-i", args.protocol),
+                    *client_cpu, str(peers.perf_analyzer),
+                    *("-m", model, "-u", f"127.0.0.1:{port}", "-i", args.protocol),
                     *("--concurrency-range", str(args.concurrency), "-p", str(args.measurement_ms)),
                     *("--input-data", "random"),
                 ]  # fmt: skip
@@ -171,7 +195,13 @@ def bench(args: argparse.Namespace) -> int:
                 if not isinstance(served, float):
                     raise BenchError(f"perf_analyzer failed on {model}: {result}")
                 batch = (after[0] - before[0]) / max(1, after[1] - before[1])
-                direct = direct_rate(model, files[model], max(1, round(batch)), args.measurement_ms / 1000)
+                if args.pin:
+                    os.sched_setaffinity(0, {1})
+                direct = direct_rate(
+                    model, files[model], max(1, round(batch)), args.measurement_ms / 1000, 1 if args.pin else 0
+                )
+                if args.pin:
+                    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
                 rows[model].append((served, batch, direct))
                 print(
                     f"[round {round_index + 1}/{args.rounds}] {model}: served {served:,.0f} infer/s, average batch "
@@ -180,7 +210,8 @@ def bench(args: argparse.Namespace) -> int:
                 )
     finally:
         server.stop()
-    print(f"\nc={args.concurrency} over {args.protocol}, median of {args.rounds} round(s)")
+    pinned = ", pinned (client CPU 0, server and direct CPU 1, one thread)" if args.pin else ""
+    print(f"\nc={args.concurrency} over {args.protocol}{pinned}, median of {args.rounds} round(s)")
     print(f"{'model':8}{'served/s':>12}{'batch':>8}{'direct/s':>12}{'ratio':>8}   target 0.80")
     for model, values in rows.items():
         served = statistics.median(v[0] for v in values)

@@ -60,19 +60,22 @@ class HealthService:
         self, request: health_pb2.HealthCheckRequest, context: Context
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last = -1
+        # counted until the call is over on the wire (status sent), not merely until this generator returns: the
+        # server must not stop while the last message and the status are still on their way
         self._watchers += 1
         self._no_watchers.clear()
-        try:
-            while True:
-                status = self.status(request.service)
-                if status != last:
-                    yield health_pb2.HealthCheckResponse(status=status)  # returns once the message is written
-                    last = status
-                if self.server.exiting or self._exiting.is_set():  # NOT_SERVING is written; end the stream
-                    return
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._exiting.wait(), self.watch_interval)
-        finally:
-            self._watchers -= 1
-            if not self._watchers:
-                self._no_watchers.set()
+        context.add_done_callback(self._watch_over)
+        while True:
+            status = self.status(request.service)
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            if self.server.exiting or self._exiting.is_set():  # NOT_SERVING is written; end the stream
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._exiting.wait(), self.watch_interval)
+
+    def _watch_over(self, call: Any) -> None:
+        self._watchers -= 1
+        if not self._watchers:
+            self._no_watchers.set()

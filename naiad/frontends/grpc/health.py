@@ -70,6 +70,7 @@ class HealthService:
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
+                continue  # the status may have changed while the message was written: look again before ending
             if self.server.exiting or self._exiting.is_set():  # NOT_SERVING is written; end the stream
                 return
             with contextlib.suppress(asyncio.TimeoutError):

@@ -58,9 +58,10 @@ class GrpcListener:
             self._stopping = asyncio.get_running_loop().create_task(self._stop(grace))
 
     async def _stop(self, grace: float) -> None:
-        # health watchers first: each writes NOT_SERVING and ends while the server still sends messages
+        # health watchers first: each writes NOT_SERVING and ends while the server still sends messages (2 s at
+        # most, so that a watcher that stopped reading cannot hold shutdown up)
         self._health.begin_exit()
-        await self._health.watchers_done(timeout=min(grace, 1.0))
+        await self._health.watchers_done(timeout=min(grace, 2.0))
         await self._server.stop(grace)
 
     async def close(self, timeout: float) -> None:

@@ -183,13 +183,18 @@ def _describe(node: Any, batched: bool, model: str) -> dict[str, Any]:
     datatype = _ORT_TYPES.get(node.type)
     if datatype is None:
         raise invalid(f"unsupported ONNX type '{node.type}' of tensor '{node.name}' in model '{model}'")
-    dims = [dim if isinstance(dim, int) and dim >= 0 else -1 for dim in node.shape]
+    dims = _model_dims(node)
     if batched:
         dims = dims[1:]
     entry: dict[str, Any] = {"name": node.name, "data_type": to_config_type(datatype), "dims": dims or [1]}
     if not dims and batched:
         entry["reshape"] = {"shape": []}
     return entry
+
+
+def _model_dims(node: Any) -> list[int]:
+    """A model tensor's shape in config terms: symbolic or unknown dimensions are -1."""
+    return [dim if isinstance(dim, int) and dim >= 0 else -1 for dim in node.shape]
 
 
 def _check_config(session: Any, config: ModelConfig) -> None:
@@ -221,7 +226,7 @@ def _check_config(session: Any, config: ModelConfig) -> None:
 
 
 def _check_dims(spec: TensorSpec, node: Any, config: ModelConfig, role: str) -> None:
-    model_dims = [dim if isinstance(dim, int) and dim >= 0 else -1 for dim in node.shape]
+    model_dims = _model_dims(node)
     dims = list(spec.reshape if spec.reshape is not None else spec.dims)
     where = f"model '{config.name}', tensor '{spec.name}'"
     if not model_dims and config.max_batch_size == 0:  # a scalar: Triton takes any dims of ones

@@ -62,9 +62,8 @@ async def inspect(settings: ServerSettings) -> Report:
     failures = await server.start()
     verdicts = [ModelVerdict(what.replace("'", ""), False, reason) for what, reason in failures]
     for entry in server.repository_index(ready_only=True):
-        platform = server.model_config(entry["name"], entry["version"]).get("platform") or ""
-        backend = server.model_config(entry["name"], entry["version"]).get("backend") or ""
-        detail = f"version {entry['version']} ({platform or backend})"
+        platform = server.model_metadata(entry["name"], entry["version"])["platform"]
+        detail = f"version {entry['version']} ({platform})"
         verdicts.append(ModelVerdict(entry["name"], True, detail))
     await server.unload()
     return Report(layout, sorted(verdicts, key=lambda v: (v.what, v.loaded)))

@@ -4,9 +4,11 @@ run on example inputs; the saved file is loaded again and checked against the mo
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from naiad.config.settings import ServerSettings
 from naiad.domain.datatypes import DATATYPES, datatype_of, numpy_dtype, to_config_type
+from naiad.tools.check import inspect, render
 
 
 class ExportError(Exception):
@@ -108,12 +112,6 @@ def export(request: ExportRequest, say: Callable[[str], None]) -> Path:
 
 def check_entry(folder: Path, say: Callable[[str], None]) -> bool:
     """Load the new entry alone, as `naiad check` would; True when it loads."""
-    import asyncio
-    import tempfile
-
-    from naiad.config.settings import ServerSettings
-    from naiad.tools.check import inspect, render
-
     with tempfile.TemporaryDirectory(prefix="naiad-export-") as scratch:
         (Path(scratch) / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
         report = asyncio.run(inspect(ServerSettings(model_repositories=(scratch,), exit_on_error=False)))

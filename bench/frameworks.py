@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from http_json import REPO_ROOT, BenchError, Peers, Server, free_port, http, perf_analyzer_attempts, run_guarded
+from http_json import (
+    REPO_ROOT,
+    BenchError,
+    Peers,
+    Server,
+    add_server_arguments,
+    free_port,
+    http,
+    perf_analyzer_attempts,
+    run_guarded,
+)
 
 # Two sizes of each: the small ones cost the framework tens of microseconds a row, so the server's own cost per
 # request decides their rate; the large ones cost about a millisecond a row, as image models and wide MLPs do.
@@ -131,7 +141,6 @@ def stats_of(server: Server, model: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {','.join(MODELS)}")
-    p.add_argument("--rounds", type=int, default=3, help="rounds (median)")
     p.add_argument("--concurrency", type=int, default=16, help="perf_analyzer concurrency")
     p.add_argument("--measurement-ms", type=int, default=4000, help="perf_analyzer -p")
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="perf_analyzer -i")
@@ -141,9 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="perf_analyzer on CPU 0, the server on CPU 1 with one intra-op thread, and the direct baseline on CPU 1 "
         "with one thread too: the serving cost on equal CPU, without the client's share",
     )
-    p.add_argument("--peers-dir", default="/tmp/peers", help="where ../shared/peers/setup.sh installed perf_analyzer")
-    p.add_argument("--peers-src", default=str(REPO_ROOT.parent / "shared" / "peers"), help="setup.sh's dir")
-    p.add_argument("--naiad-python", default=sys.executable, help="interpreter that runs `-m naiad serve`")
+    add_server_arguments(p, "interpreter that runs `-m naiad serve`")
     args = p.parse_args(argv)
     args.model_list = [m for m in args.models.split(",") if m]
     if not args.model_list or any(m not in MODELS for m in args.model_list):
@@ -170,6 +177,7 @@ def bench(args: argparse.Namespace) -> int:
             *server_cpu, args.naiad_python, *("-m", "naiad", "serve", "--model-repository", str(work / "models")),
             *("--http-address", "127.0.0.1", "--http-port", str(http_port), "--grpc-address", "127.0.0.1"),
             *("--grpc-port", str(grpc_port), "--allow-metrics=false", "--log-info=false"),
+            *args.naiad_arg,
         ],
         http_port,
         work / "naiad.log",
@@ -178,7 +186,7 @@ def bench(args: argparse.Namespace) -> int:
     rows: dict[str, list[tuple[float, float, float]]] = {m: [] for m in args.model_list}
     server.start()
     try:
-        server.wait_ready(120)
+        server.wait_ready(args.ready_timeout)
         for round_index in range(args.rounds):
             for model in args.model_list:
                 before = stats_of(server, model)

@@ -496,17 +496,7 @@ def report(
         if pr is not None:
             print(f"  naiad/triton {pr:.2f}x")
 
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"http_json-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     doc = {
-        "benchmark": "http_json",
-        "started": started.isoformat(),
-        "host": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
         "settings": {
             k: getattr(args, k)
             for k in ("server_list", "rounds", "conn_list", "duration", "warmup", "threads", "perf_analyzer")
@@ -519,9 +509,19 @@ def report(
         "targets_naiad_over_triton": {str(c): t for c, t in TARGETS.items()},
         "perf_analyzer": {"runs": pa_runs, "median_infer_per_s": pa_median},
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"results: {path}")
+    write_results(Path(args.out), "http_json", started, doc)
     return 1 if args.check_targets and missed else 0
+
+
+def write_results(out_dir: Path, benchmark: str, started: dt.datetime, doc: dict[str, object]) -> Path:
+    """`doc` with the benchmark's name, start time and host, as `<out_dir>/<benchmark>-<UTC time>.json`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{benchmark}-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    host = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    whole = {"benchmark": benchmark, "started": started.isoformat(), "host": host, **doc}
+    path.write_text(json.dumps(whole, indent=2) + "\n")
+    print(f"results: {path}")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

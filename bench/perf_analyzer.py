@@ -6,8 +6,6 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import os
-import platform
 import re
 import shutil
 import socket
@@ -36,6 +34,7 @@ from http_json import (
     perf_analyzer_attempts,
     ratio,
     run_guarded,
+    write_results,
 )
 
 ALL_SERVERS = ("triton", "naiad", "bare", "bare-uvloop", "floor")
@@ -397,13 +396,7 @@ def report(
         verdict = "met" if ok else "MISSED"
         print(f"target {protocol} naiad/{ref} >= {target:.1f}x at c={conc}: {verdict} ({fmt(got, '.2f')}x)")
 
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"perf_analyzer-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    doc = {
-        "benchmark": "perf_analyzer",
-        "started": started.isoformat(),
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+    doc: dict[str, object] = {
         "git": git,
         "settings": {
             k: getattr(args, k)
@@ -425,8 +418,7 @@ def report(
         "targets": verdicts,
         "error": error,
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"results: {path}")
+    write_results(Path(args.out), "perf_analyzer", started, doc)
     return 1 if args.check_targets and not all(v["met"] for v in verdicts) else 0
 
 

@@ -245,6 +245,13 @@ def slow_batched_config(name: str, delay: float, extra: str = "") -> str:
     """
 
 
+def write_queue_limited(repository: Path) -> None:
+    """`queue_limited`: the `SLOW` model (1 s per execution) whose queue holds one request, so a third concurrent
+    request is refused."""
+    extra = "dynamic_batching { default_queue_policy { max_queue_size: 1 } }"
+    write_model(repository, "queue_limited", slow_batched_config("queue_limited", 1.0, extra), SLOW)
+
+
 def identity_config(name: str, config_type: str, batch: int = 0, extra: str = "") -> str:
     """One input and one output of the same type and a variable-size dimension."""
     return f"""

@@ -17,14 +17,7 @@ from tests.conftest import RunningServer, ServerFactory
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("scheduling")
     repo = root / "models"
-    models.write_model(
-        repo,
-        "queue_limited",
-        models.slow_batched_config(
-            name="queue_limited", delay=1.0, extra="dynamic_batching { default_queue_policy { max_queue_size: 1 } }"
-        ),
-        models.SLOW,
-    )
+    models.write_queue_limited(repo)
     models.write_model(
         repo,
         "queue_timeout",

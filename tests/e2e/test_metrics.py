@@ -130,14 +130,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = root / "models"
     models.write_model(repo, "add_sub", models.add_sub_config(), models.ADD_SUB)
     models.write_model(repo, "failing", models.identity_config("failing", "TYPE_INT32"), models.FAILING)
-    models.write_model(
-        repo,
-        "queue_limited",
-        models.slow_batched_config(
-            name="queue_limited", delay=1.0, extra="dynamic_batching { default_queue_policy { max_queue_size: 1 } }"
-        ),
-        models.SLOW,
-    )
+    models.write_queue_limited(repo)
     models.write_model(
         repo,
         "queue_timeout",

@@ -59,22 +59,21 @@ class ModelManager:
     async def load_all(self, caller: ModelCaller, submit: Submit) -> None:
         """Load every model, concurrently, then the ensembles over them; failures are recorded, not raised."""
         loop = asyncio.get_running_loop()
-        prepared = {name: self._prepare(record) for name, record in self._records.items()}
-        plain = {name: p for name, p in prepared.items() if p is not None and p[0] is not None}
+        prepared = {name: p for name, record in self._records.items() if (p := self._prepare(record)) is not None}
         await asyncio.gather(
             *(
                 self._load(self._records[name], backend, selected, caller, loop)
-                for name, (backend, selected) in plain.items()
+                for name, (backend, selected) in prepared.items()
                 if backend is not None
             )
         )
-        ensembles = [name for name, p in prepared.items() if p is not None and p[0] is None]
-        ordered = _ensemble_order(ensembles, self._records)
+        ensembles = {name: selected for name, (backend, selected) in prepared.items() if backend is None}
+        ordered = _ensemble_order(list(ensembles), self._records)
         for name in ensembles:
             if name not in ordered:
                 logger.error("failed to load model '%s': %s", name, self._records[name].reason)
         for name in ordered:
-            self._load_ensemble(self._records[name], submit)
+            self._load_ensemble(self._records[name], ensembles[name], submit)
 
     def _prepare(self, record: ModelRecord) -> tuple[Backend | None, list[int]] | None:
         """The model's config, backend (None for an ensemble) and versions to load; None, with the reason
@@ -121,7 +120,7 @@ class ModelManager:
         await asyncio.gather(*(v.load(backend, caller, loop) for v in record.versions.values()))
         self._log_versions(record)
 
-    def _load_ensemble(self, record: ModelRecord, submit: Submit) -> None:
+    def _load_ensemble(self, record: ModelRecord, selected: list[int], submit: Submit) -> None:
         """Check the ensemble against its loaded composing models and serve every selected version with it."""
         source, config = record.source, record.config
         assert config is not None
@@ -135,7 +134,7 @@ class ModelManager:
             record.reason = exc.message
             logger.error("failed to load model '%s': %s", source.name, exc.message)
             return
-        for number in config.version_policy.select(source.versions()):
+        for number in selected:
             version = ModelVersion(source, config, number, ModelStats())
             version.serve(EnsembleScheduler(config, version.stats, submit))
             record.versions[number] = version

@@ -14,11 +14,7 @@ from naiad.config.settings import BACKEND_SETTINGS, DEFAULT_QUANTILES, GrpcSetti
 # tritonserver flags naiad does not implement yet: refused by name, never silently ignored.
 NOT_YET = frozenset(
     [
-        "model-control-mode",
-        "repository-poll-secs",
-        "load-model",
         "model-config-name",
-        "model-load-thread-count",
         "model-load-retry-count",
         "model-namespacing",
         "enable-peer-access",
@@ -101,6 +97,16 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 
 _positive = _at_least(1)
 _non_negative = _at_least(0)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
 
 
 def _quantiles(text: str) -> tuple[tuple[float, float], ...]:
@@ -332,7 +338,34 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--allow-grpc", True, "serve gRPC")
     _flag(serve, "--allow-metrics", True, "serve Prometheus metrics on --metrics-port")
     _flag(serve, "--exit-on-error", True, "exit when a model fails to load")
-    _flag(serve, "--strict-readiness", True, "ready only when every model is ready")
+    _flag(serve, "--strict-readiness", True, "ready only when every model that should be loaded is ready")
+    serve.add_argument(
+        "--model-control-mode",
+        choices=("none", "poll", "explicit"),
+        default="none",
+        help="none: load every model at start-up; poll: also load, reload and unload as the repository changes; "
+        "explicit: load only --load-model models, then what the load and unload API asks (default none)",
+    )
+    serve.add_argument(
+        "--repository-poll-secs",
+        type=_positive_float,
+        default=15.0,
+        metavar="SECONDS",
+        help="poll mode: seconds between two looks at the repository (default 15)",
+    )
+    serve.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: a model to load at start-up; repeat for several, or '*' alone for all",
+    )
+    serve.add_argument(
+        "--model-load-thread-count",
+        type=_positive,
+        default=4,
+        help="how many models load at the same time (default 4)",
+    )
     _auto_complete_flags(serve)
     _backend_config_flag(serve)
     serve.add_argument(
@@ -422,6 +455,10 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         allow_metrics=args.allow_metrics,
         exit_on_error=args.exit_on_error,
         strict_readiness=args.strict_readiness,
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
+        load_models=tuple(args.load_model),
+        model_load_thread_count=args.model_load_thread_count,
         exit_timeout_secs=args.exit_timeout_secs,
         disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
         backend_config=_backend_settings(args.backend_config),
@@ -545,6 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "serve":
         parser.print_help()
         return 2
+    if args.load_model and args.model_control_mode != "explicit":
+        parser.error("--load-model needs --model-control-mode=explicit")
+    if "*" in args.load_model and len(args.load_model) > 1:
+        parser.error("--load-model=* loads every model and must be the only --load-model")
     settings = settings_from(args)
     from naiad.ops.logging import configure
     from naiad.runner import run

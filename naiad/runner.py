@@ -10,8 +10,7 @@ import sys
 from typing import NamedTuple
 
 from naiad.config.settings import ServerSettings
-from naiad.core.repository import RepositoryError
-from naiad.core.server import InferenceServer
+from naiad.core.server import InferenceServer, StoreError
 from naiad.frontends.grpc.listener import GrpcListener, GrpcSetupError
 from naiad.frontends.http.app import HttpApp
 from naiad.frontends.http.metrics import MetricsApp
@@ -36,7 +35,7 @@ async def serve(settings: ServerSettings) -> int:
     """Load the models, open the listeners, wait for a signal, shut down in order."""
     try:
         server = InferenceServer(settings)
-    except RepositoryError as exc:
+    except StoreError as exc:
         logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -81,8 +80,11 @@ async def serve(settings: ServerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    polling = loop.create_task(server.poll_repository()) if settings.model_control_mode == "poll" else None
     logger.info("naiad is ready")
     await stop.wait()
+    if polling is not None:
+        polling.cancel()
 
     logger.info("shutting down: no longer ready; waiting up to %ds for requests in flight", settings.exit_timeout_secs)
     server.begin_exit()

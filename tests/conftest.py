@@ -55,16 +55,17 @@ class RunningServer:
 
 
 def start_server(
-    repository: Path,
+    repository: Path | str,
     *flags: str,
     log_dir: Path,
     wait_ready: bool = True,
     grpc: bool = False,
     metrics: bool = False,
+    env: dict[str, str] | None = None,
 ) -> RunningServer:
     """Start `python -m naiad serve` on `repository`; wait until it is live (and ready when asked).
 
-    gRPC and metrics are off unless asked for; their ports are chosen either way."""
+    gRPC and metrics are off unless asked for; their ports are chosen either way. `env` replaces the environment."""
     port = free_port()
     grpc_port = free_port()
     metrics_port = free_port()
@@ -86,7 +87,9 @@ def start_server(
         *flags,
     ]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env if env is not None else {**os.environ}
+        )
     server = RunningServer(process, port, log_path, grpc_port, metrics_port)
     deadline = time.monotonic() + 60
     path = "/v2/health/ready" if wait_ready else "/v2/health/live"
@@ -111,11 +114,17 @@ class ServerFactory:
         self._started: list[RunningServer] = []
 
     def start(
-        self, repository: Path, *flags: str, wait_ready: bool = True, grpc: bool = False, metrics: bool = False
+        self,
+        repository: Path | str,
+        *flags: str,
+        wait_ready: bool = True,
+        grpc: bool = False,
+        metrics: bool = False,
+        env: dict[str, str] | None = None,
     ) -> RunningServer:
         """Start a server on `repository` with extra command-line flags (gRPC and metrics when asked)."""
         server = start_server(
-            repository, *flags, log_dir=self._log_dir, wait_ready=wait_ready, grpc=grpc, metrics=metrics
+            repository, *flags, log_dir=self._log_dir, wait_ready=wait_ready, grpc=grpc, metrics=metrics, env=env
         )
         self._started.append(server)
         return server

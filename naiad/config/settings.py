@@ -68,6 +68,10 @@ class ServerSettings:
     allow_metrics: bool = True
     exit_on_error: bool = True
     strict_readiness: bool = True
+    model_control_mode: str = "none"  # none | poll | explicit
+    repository_poll_secs: float = 15.0
+    load_models: tuple[str, ...] = ()  # explicit mode: loaded at start-up ("*" for all)
+    model_load_thread_count: int = 4
     exit_timeout_secs: int = 30
     disable_auto_complete_config: bool = False
     # --backend-config: backend name ("" for every backend) -> setting -> value

@@ -7,6 +7,7 @@ prefixed with `in ensemble '<name>', ` as Triton does."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 
@@ -97,6 +98,28 @@ class EnsembleScheduler:
         self.stats = stats
         self.submit_step = submit_step  # the server's `submit`, for each step's request
         self.running = 0
+        self._settled: list[asyncio.Future[None]] = []
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request is still going through the steps."""
+        return self.running > 0
+
+    async def settle(self) -> None:
+        """Wait until every request started so far has been answered."""
+        if self.running:
+            settled = asyncio.get_running_loop().create_future()
+            self._settled.append(settled)
+            await settled
+
+    def finished_one(self) -> None:
+        """Count one request as answered."""
+        self.running -= 1
+        if not self.running and self._settled:
+            for settled in self._settled:
+                if not settled.done():
+                    settled.set_result(None)
+            self._settled.clear()
 
     @property
     def queued(self) -> int:
@@ -186,7 +209,7 @@ class _Run:
             return
         self._done = None
         scheduler = self._scheduler
-        scheduler.running -= 1
+        scheduler.finished_one()
         if not isinstance(outcome, ServerError):
             elapsed = time.monotonic_ns() - self._started
             scheduler.stats.record_execution(max(1, self._batch), 1, 0, elapsed, 0)

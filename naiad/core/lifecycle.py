@@ -1,5 +1,9 @@
-"""`ModelManager`: loads the repository's models, tracks each version's state and reason, finds the version a
-request is for, and unloads everything at shutdown."""
+"""`ModelManager`: which models the repositories hold, loading, reloading and unloading them without dropping a
+request, each version's state and reason, and the version a request is for.
+
+A (re)load prepares and loads the new versions beside the serving ones; only when they are READY does the model
+switch to them, and the versions it no longer serves finish the requests they already hold before they unload. A
+reload that fails leaves the previous versions serving, with the failure as the model's reason."""
 
 from __future__ import annotations
 
@@ -9,121 +13,250 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from naiad.backends.base import Backend, ModelCaller
-from naiad.backends.registry import get_backend
-from naiad.config import model_config, pbtxt
+from naiad.backends.base import ModelCaller
 from naiad.config.devices import visible_gpus
 from naiad.core.ensemble import EnsembleScheduler, Submit, check_steps
 from naiad.core.model import ModelState, ModelVersion
-from naiad.core.repository import ModelSource
+from naiad.core.preparation import Prepared, Preparer
 from naiad.core.stats import ModelStats
+from naiad.core.stores.base import Fingerprint, Store, StoreError, model_stamps, version_stamps
 from naiad.domain.errors import ServerError, invalid, not_found, unavailable
 from naiad.domain.model_config import ModelConfig
 
 logger = logging.getLogger("naiad.core")
 
-# Which backend a model folder without a config.pbtxt is for, from the file in its version folder.
-_FILE_BACKENDS = (("model.py", "python"), ("model.pt", "pytorch"), ("model.onnx", "onnxruntime"))
-
 
 @dataclass(slots=True)
 class ModelRecord:
-    """A model folder and what became of it: its versions, or the reason it has none."""
+    """A model of the repositories and what became of it: its versions, or the reason it has none."""
 
-    source: ModelSource
+    name: str
+    stores: list[Store] = field(default_factory=list)  # more than one: the name is ambiguous
     config: ModelConfig | None = None
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     reason: str = ""
     latest: ModelVersion | None = None
+    wanted: bool = False  # should be loaded: what strict readiness and polling look at
+    loaded: Prepared | None = None  # what the serving versions were loaded from
+    override: Mapping[str, Any] | None = None  # a load request's config, kept for later reloads (as Triton)
+    tried: Fingerprint | None = None  # the files of the last load attempt: polling retries only on a change
+    loading: bool = False
 
     def refresh_latest(self) -> None:
         """Remember the highest READY version, the one a request without a version goes to."""
         ready = [v for v in self.versions.values() if v.state is ModelState.READY]
         self.latest = max(ready, key=lambda v: v.version) if ready else None
 
+    @property
+    def serving(self) -> list[ModelVersion]:
+        """The READY versions."""
+        return [v for v in self.versions.values() if v.state is ModelState.READY]
+
 
 class ModelManager:
-    """Every model of the repositories and the state of each version."""
+    """Every model of the repositories, loaded on demand, with the state of each version."""
 
     def __init__(
         self,
-        sources: dict[str, ModelSource],
+        stores: list[Store],
         auto_complete: bool,
         default_max_batch_size: Callable[[str], int] = lambda backend: 4,
+        load_threads: int = 4,
     ) -> None:
-        self._records = {name: ModelRecord(source) for name, source in sources.items()}
-        self._auto_complete = auto_complete
-        self._default_max_batch_size = default_max_batch_size
-        self._gpus = visible_gpus()
+        self._stores = stores
+        self._records: dict[str, ModelRecord] = {}
+        self._preparer = Preparer(auto_complete, default_max_batch_size, visible_gpus())
+        self._loads = asyncio.Semaphore(max(1, load_threads))
+        self._control = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()  # replaced versions finishing their requests
+        self._caller: ModelCaller | None = None
+        self._submit: Submit | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def load_all(self, caller: ModelCaller, submit: Submit) -> None:
-        """Load every model, concurrently, then the ensembles over them; failures are recorded, not raised."""
-        loop = asyncio.get_running_loop()
-        prepared = {name: p for name, record in self._records.items() if (p := self._prepare(record)) is not None}
-        await asyncio.gather(
-            *(
-                self._load(self._records[name], backend, selected, caller, loop)
-                for name, (backend, selected) in prepared.items()
-                if backend is not None
-            )
-        )
-        ensembles = {name: selected for name, (backend, selected) in prepared.items() if backend is None}
-        ordered = _ensemble_order(list(ensembles), self._records)
-        for name in ensembles:
-            if name not in ordered:
-                logger.error("failed to load model '%s': %s", name, self._records[name].reason)
-        for name in ordered:
-            self._load_ensemble(self._records[name], ensembles[name], submit)
+    def bind(self, caller: ModelCaller, submit: Submit) -> None:
+        """What models call other models with (BLS) and what ensembles submit their steps to."""
+        self._caller = caller
+        self._submit = submit
+        self._loop = asyncio.get_running_loop()
 
-    def _prepare(self, record: ModelRecord) -> tuple[Backend | None, list[int]] | None:
-        """The model's config, backend (None for an ensemble) and versions to load; None, with the reason
-        recorded, when the model cannot load."""
-        source = record.source
-        try:
-            if source.duplicate_of is not None:
-                raise invalid("model appears in two or more repositories")
-            on_disk = source.versions()
-            raw = pbtxt.read_file(source.config_path) if source.config_path.is_file() else {}
-            name = model_config.backend_name(raw) or _backend_from_files(source, on_disk)
-            backend = None if name == "ensemble" else get_backend(name, source.name)
-            if backend is not None and not raw.get("backend") and not raw.get("platform"):
-                raw["backend"] = name
-            if backend is not None and self._auto_complete and on_disk:
-                raw = backend.auto_complete(
-                    raw, source.path, source.path / str(on_disk[-1]), self._default_max_batch_size(name)
+    # What the repositories hold
+
+    async def scan(self) -> list[str]:
+        """List the repositories again; returns the model names they hold now. A name that is gone keeps its
+        record until it is unloaded."""
+        found: dict[str, list[Store]] = {}
+        for store in self._stores:
+            for name in await asyncio.to_thread(store.models):
+                found.setdefault(name, []).append(store)
+        for name, stores in found.items():
+            self._records.setdefault(name, ModelRecord(name)).stores = stores
+        for name, record in self._records.items():
+            if name not in found:
+                record.stores = []
+        return sorted(found)
+
+    def has(self, name: str) -> bool:
+        """Whether the repositories hold a model of this name (as of the last scan) or it is loaded."""
+        record = self._records.get(name)
+        return record is not None and bool(record.stores or record.versions)
+
+    # Loading and unloading: one control operation at a time; within one, models load in parallel
+
+    async def load_all(self, names: list[str]) -> None:
+        """Load these models at start-up; failures are recorded, not raised."""
+        async with self._control:
+            await self._load_many(names, force=True)
+
+    async def poll(self) -> None:
+        """Poll mode: load new models, reload changed ones, unload those whose folder is gone."""
+        async with self._control:
+            names = await self.scan()
+            gone = [name for name, record in self._records.items() if not record.stores]
+            for name in gone:
+                await self._unload(name, unload_dependents=False, forget=True)
+            await self._load_many(names, force=False)
+
+    async def load(self, name: str, override: Mapping[str, Any] | None = None) -> None:
+        """Explicit mode: load or reload one model, and first the models an ensemble is made of when they are not
+        loaded; raises `ServerError` when it does not end up serving the new load."""
+        async with self._control:
+            await self.scan()
+            record = self._records.get(name)
+            if record is None or not record.stores:
+                where = ", ".join(store.uri for store in self._stores)
+                raise not_found(
+                    f"failed to load '{name}', failed to poll from model repository: no model folder '{name}' in "
+                    f"{where}"
                 )
-            config = model_config.build(raw, source.name, self._gpus)
-            selected = config.version_policy.select(on_disk)
-            if not selected:
-                raise invalid(
-                    f"at least one version must be available under the version policy of model '{source.name}'"
+            if override is not None:
+                record.override = override
+            prepared: dict[str, Prepared] = {}
+            wanted = [name]
+            while wanted:
+                current = self._records.get(wanted.pop())
+                if current is None or current.name in prepared:
+                    continue
+                ready = await self._prepare(current, force=current is record)
+                if ready is None:
+                    continue
+                prepared[current.name] = ready
+                wanted.extend(
+                    step.model_name
+                    for step in ready.config.ensemble_steps
+                    if step.model_name in self._records and not self._records[step.model_name].serving
                 )
-        except ServerError as exc:
-            record.reason = exc.message
-            logger.error("failed to load model '%s': %s", source.name, exc.message)
-            return None
-        record.config = config
-        return backend, selected
+            await self._install_all(prepared, force=True)
+        if not record.serving:
+            raise invalid(f"load failed for model '{name}': {self._why(record)}")
+        if record.reason:  # a reload failed: the previous versions serve on
+            raise invalid(f"load failed for model '{name}': {record.reason}")
 
-    async def _load(
-        self,
-        record: ModelRecord,
-        backend: Backend,
-        selected: list[int],
-        caller: ModelCaller,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        source, config = record.source, record.config
-        assert config is not None
-        for number in selected:
-            record.versions[number] = ModelVersion(source, config, number, ModelStats())
-        await asyncio.gather(*(v.load(backend, caller, loop) for v in record.versions.values()))
-        self._log_versions(record)
+    async def unload(self, name: str, unload_dependents: bool) -> None:
+        """Explicit mode: unload every version of a model once the requests it holds are answered (and, if asked,
+        every ensemble that uses it)."""
+        async with self._control:
+            await self._unload(name, unload_dependents, forget=False)
 
-    def _load_ensemble(self, record: ModelRecord, selected: list[int], submit: Submit) -> None:
-        """Check the ensemble against its loaded composing models and serve every selected version with it."""
-        source, config = record.source, record.config
-        assert config is not None
+    async def _unload(self, name: str, unload_dependents: bool, forget: bool) -> None:
+        record = self._records.get(name)
+        if record is None:
+            raise not_found(f"failed to unload '{name}': no model of that name in the repository")
+        record.wanted = False
+        record.tried = None
+        retiring = record.serving
+        for version in retiring:
+            version.state = ModelState.UNLOADING
+        record.latest = None
+        await self._retire(record, retiring)
+        if record.loaded is not None:
+            self._release(record, record.loaded)
+            record.loaded = None
+        record.reason = ""
+        if forget:
+            del self._records[name]
+        if retiring:
+            logger.info("successfully unloaded '%s'", name)
+        if unload_dependents:
+            for dependent in self._dependents(name):
+                await self._unload(dependent, unload_dependents=True, forget=False)
+
+    async def _load_many(self, names: list[str], force: bool) -> None:
+        records = [self._records[name] for name in names if name in self._records]
+        found = await asyncio.gather(*(self._prepare(record, force) for record in records))
+        await self._install_all({r.name: p for r, p in zip(records, found, strict=True) if p is not None}, force)
+
+    async def _prepare(self, record: ModelRecord, force: bool) -> Prepared | None:
+        """Fetch and read a model's folder; None when nothing changed since the last try (unless `force`) or it
+        cannot load (the reason is then recorded)."""
+        record.wanted = True
+        async with self._loads:
+            try:
+                store = self._only_store(record)
+                fingerprint = await asyncio.to_thread(store.fingerprint, record.name)
+                if not force and record.tried is not None and dict(record.tried) == dict(fingerprint):
+                    return None
+                record.tried = fingerprint
+                if not fingerprint:
+                    raise not_found(f"failed to poll from model repository: the folder of '{record.name}' is gone")
+                record.loading = True
+                folder = await asyncio.to_thread(store.fetch, record.name, fingerprint)
+                return await asyncio.to_thread(
+                    self._preparer.prepare, record.name, folder, fingerprint, record.override
+                )
+            except (ServerError, StoreError) as exc:
+                record.loading = False
+                self._failed(record, exc.message if isinstance(exc, ServerError) else str(exc))
+                return None
+
+    async def _install_all(self, prepared: Mapping[str, Prepared], force: bool) -> None:
+        """Load and serve the prepared models: plain ones in parallel, then ensembles over them in order; ensembles
+        over a reloaded model check their steps again."""
+        plain = [name for name, ready in prepared.items() if ready.backend is not None]
+        await asyncio.gather(*(self._limited_swap(self._records[name], prepared[name], force) for name in plain))
+        ensembles = [self._records[name] for name, ready in prepared.items() if ready.backend is None]
+        for record in ensembles:
+            record.config = prepared[record.name].config
+        for record in _ensemble_order(ensembles, self._records):
+            self._swap_ensemble(record, prepared[record.name])
+        for record in ensembles:
+            record.loading = False
+        for name in plain:
+            for dependent in self._dependents(name):
+                ensemble = self._records[dependent]
+                if dependent not in prepared and ensemble.serving and ensemble.loaded is not None:
+                    self._swap_ensemble(ensemble, ensemble.loaded)
+
+    async def _limited_swap(self, record: ModelRecord, prepared: Prepared, force: bool) -> None:
+        async with self._loads:
+            try:
+                await self._swap(record, prepared, force)
+            finally:
+                record.loading = False
+
+    async def _swap(self, record: ModelRecord, prepared: Prepared, force: bool) -> None:
+        """Load the versions that are new or changed, then serve them in place of the old ones."""
+        assert prepared.backend is not None and self._caller is not None and self._loop is not None
+        keep = {} if force else _unchanged(record, prepared)
+        fresh = {
+            number: ModelVersion(prepared.folder, prepared.config, number, ModelStats())
+            for number in prepared.selected
+            if number not in keep
+        }
+        await asyncio.gather(*(v.load(prepared.backend, self._caller, self._loop) for v in fresh.values()))
+        failed = [v for v in fresh.values() if v.state is not ModelState.READY]
+        if failed and record.serving:  # a failed reload: the old versions serve on
+            for version in fresh.values():
+                if version.state is ModelState.READY:
+                    await version.unload()
+            self._release(record, prepared, unless=record.loaded)
+            reasons = "; ".join(f"version {v.version}: {v.reason}" for v in failed)
+            self._failed(record, reasons)
+            return
+        self._install(record, prepared, {**keep, **fresh})
+
+    def _swap_ensemble(self, record: ModelRecord, prepared: Prepared) -> None:
+        assert self._submit is not None
+        config = prepared.config
         try:
             composing = {
                 step.model_name: self._composing(config.name, step.model_name, step.model_version)
@@ -131,56 +264,123 @@ class ModelManager:
             }
             check_steps(config, composing)
         except ServerError as exc:
-            record.reason = exc.message
-            logger.error("failed to load model '%s': %s", source.name, exc.message)
+            self._failed(record, exc.message)
             return
-        for number in selected:
-            version = ModelVersion(source, config, number, ModelStats())
-            version.serve(EnsembleScheduler(config, version.stats, submit))
-            record.versions[number] = version
-        self._log_versions(record)
+        versions: dict[int, ModelVersion] = {}
+        for number in prepared.selected:
+            version = ModelVersion(prepared.folder, config, number, ModelStats())
+            version.serve(EnsembleScheduler(config, version.stats, self._submit))
+            versions[number] = version
+        self._install(record, prepared, versions)
+
+    def _install(self, record: ModelRecord, prepared: Prepared, versions: dict[int, ModelVersion]) -> None:
+        """Serve `versions` from now on; the ones they replace finish their requests and unload in the background."""
+        retiring = [v for v in record.serving if versions.get(v.version) is not v]
+        previous = record.loaded
+        for version in retiring:
+            version.state = ModelState.UNLOADING
+        unloaded = {v.version: v for v in record.versions.values() if v.state is not ModelState.READY}
+        record.versions = {**unloaded, **versions}
+        record.config = prepared.config
+        record.loaded = prepared
+        record.reason = ""
+        record.refresh_latest()
+        self._log_versions(record, versions)
+        if retiring or (previous is not None and previous.folder != prepared.folder):
+            task = asyncio.get_running_loop().create_task(self._retire_then_release(record, retiring, previous))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire_then_release(
+        self, record: ModelRecord, retiring: list[ModelVersion], previous: Prepared | None
+    ) -> None:
+        await self._retire(record, retiring)
+        if previous is not None:
+            self._release(record, previous, unless=record.loaded)
+
+    async def _retire(self, record: ModelRecord, retiring: list[ModelVersion]) -> None:
+        await asyncio.gather(*(version.unload() for version in retiring))
+        for version in retiring:
+            logger.info("successfully unloaded '%s' version %d", record.name, version.version)
+
+    def _release(self, record: ModelRecord, prepared: Prepared, unless: Prepared | None = None) -> None:
+        if unless is not None and unless.folder == prepared.folder:
+            return
+        for store in record.stores[:1]:
+            store.release(prepared.folder)
+
+    def _failed(self, record: ModelRecord, reason: str) -> None:
+        if record.serving:
+            reason = f"reload failed, the previous version(s) serve on: {reason}"
+        record.reason = reason
+        logger.error("failed to load model '%s': %s", record.name, reason)
+
+    def _only_store(self, record: ModelRecord) -> Store:
+        if len(record.stores) > 1:
+            raise invalid("model appears in two or more repositories")
+        if not record.stores:
+            raise not_found(f"failed to poll from model repository: no model folder '{record.name}'")
+        return record.stores[0]
+
+    def _dependents(self, name: str) -> list[str]:
+        """The ensembles with a step on this model."""
+        return sorted(
+            other.name
+            for other in self._records.values()
+            if other.config is not None and any(step.model_name == name for step in other.config.ensemble_steps)
+        )
 
     def _composing(self, ensemble: str, name: str, version: int) -> ModelConfig:
         record = self._records.get(name)
         if record is None:
             raise invalid(f"ensemble {ensemble} contains models that are not available or ambiguous: {name}")
-        ready = [v for v in record.versions.values() if v.state is ModelState.READY]
+        ready = record.serving
         if version > 0 and not any(v.version == version for v in ready):
             raise invalid(f"ensemble '{ensemble}' depends on '{name}' whose required version {version} is not loaded")
         if not ready:
-            why = record.reason or next((v.reason for v in record.versions.values() if v.reason), "")
+            why = self._why(record)
             failed = f" Model '{name}' loading failed with error: {why}" if why else ""
             raise invalid(f"ensemble '{ensemble}' depends on '{name}' which has no loaded version.{failed}")
         return ready[-1].config
 
-    def _log_versions(self, record: ModelRecord) -> None:
-        for version in record.versions.values():
+    def _why(self, record: ModelRecord) -> str:
+        return record.reason or next((v.reason for v in record.versions.values() if v.reason), "")
+
+    def _log_versions(self, record: ModelRecord, versions: Mapping[int, ModelVersion]) -> None:
+        for version in versions.values():
             if version.state is ModelState.READY:
-                logger.info("successfully loaded '%s' version %d", record.source.name, version.version)
+                logger.info("successfully loaded '%s' version %d", record.name, version.version)
             else:
-                logger.error("failed to load '%s' version %d: %s", record.source.name, version.version, version.reason)
-        record.refresh_latest()
+                logger.error("failed to load '%s' version %d: %s", record.name, version.version, version.reason)
+
+    # What the server asks
 
     def failures(self) -> list[tuple[str, str]]:
-        """(what, reason) for every model or version that failed to load: what is "'m'" or "'m' version 2"."""
+        """(what, reason) for every wanted model or version that is not serving: what is "'m'" or "'m' version 2"."""
         failed: list[tuple[str, str]] = []
         for name, record in sorted(self._records.items()):
+            if not record.wanted:
+                continue
             if record.reason:
                 failed.append((f"'{name}'", record.reason))
             failed.extend(
                 (f"'{name}' version {v.version}", v.reason)
                 for v in record.versions.values()
-                if v.state is not ModelState.READY
+                if v.state is ModelState.UNAVAILABLE and v.reason != "unloaded"
             )
         return failed
 
     def all_ready(self) -> bool:
-        """True when every model has every selected version READY."""
-        return not self.failures()
-
-    def has(self, name: str) -> bool:
-        """Whether the repository has a model of this name."""
-        return name in self._records
+        """True when every model that should be loaded has every selected version READY."""
+        for record in self._records.values():
+            if not record.wanted:
+                continue
+            loaded = record.loaded
+            if loaded is None or any(
+                (v := record.versions.get(n)) is None or v.state is not ModelState.READY for n in loaded.selected
+            ):
+                return False
+        return True
 
     def get(self, name: str, version: str) -> ModelVersion:
         """The version a request names ("" for the highest ready one), or the `ServerError` Triton answers."""
@@ -210,7 +410,7 @@ class ModelManager:
         return record.config
 
     def versions(self, name: str) -> list[ModelVersion]:
-        """The loaded versions of a model (all of them when `name` is empty), ordered by name and version."""
+        """The READY versions of a model (of every model when `name` is empty), ordered by name and version."""
         if name and name not in self._records:
             raise not_found(f"Request for unknown model: '{name}' is not found")
         names = [name] if name else sorted(self._records)
@@ -228,7 +428,9 @@ class ModelManager:
             if not record.versions:
                 if not ready_only:
                     entry: dict[str, Any] = {"name": name}
-                    if record.reason:
+                    if record.loading:
+                        entry.update(state=ModelState.LOADING.value, reason="")
+                    elif record.reason:
                         entry.update(state=ModelState.UNAVAILABLE.value, reason=record.reason)
                     entries.append(entry)
                 continue
@@ -236,19 +438,25 @@ class ModelManager:
                 if ready_only and version.state is not ModelState.READY:
                     continue
                 entry = {"name": name, "version": str(number), "state": version.state.value}
-                if version.reason:
-                    entry["reason"] = version.reason
+                reason = version.reason or (record.reason if version.state is ModelState.READY else "")
+                if reason:
+                    entry["reason"] = reason
                 entries.append(entry)
         return entries
 
     async def unload_all(self) -> None:
         """Unload every loaded version (Triton's `finalize` on each instance)."""
+        if self._retiring:
+            await asyncio.gather(*self._retiring)
         loaded = [
             v for record in self._records.values() for v in record.versions.values() if v.state is ModelState.READY
         ]
         for record in self._records.values():
             record.latest = None
         await asyncio.gather(*(version.unload() for version in loaded))
+        for record in self._records.values():
+            if record.loaded is not None:
+                self._release(record, record.loaded)
 
 
 def parse_version(text: str) -> int:
@@ -261,29 +469,40 @@ def parse_version(text: str) -> int:
     )
 
 
-def _backend_from_files(source: ModelSource, versions: list[int]) -> str:
-    for version in reversed(versions):
-        for filename, backend in _FILE_BACKENDS:
-            if (source.path / str(version) / filename).is_file():
-                return backend
-    return ""
+def _unchanged(record: ModelRecord, prepared: Prepared) -> dict[int, ModelVersion]:
+    """The serving versions a reload can keep: same config, same files outside the version folders, same files in
+    the version's own folder, still selected."""
+    loaded = record.loaded
+    if loaded is None or loaded.config.raw != prepared.config.raw:
+        return {}
+    if model_stamps(loaded.fingerprint) != model_stamps(prepared.fingerprint):
+        return {}
+    before, after = version_stamps(loaded.fingerprint), version_stamps(prepared.fingerprint)
+    return {
+        v.version: v
+        for v in record.serving
+        if v.version in prepared.selected and before.get(v.version) == after.get(v.version)
+    }
 
 
-def _ensemble_order(names: list[str], records: Mapping[str, ModelRecord]) -> list[str]:
+def _ensemble_order(ensembles: list[ModelRecord], records: Mapping[str, ModelRecord]) -> list[ModelRecord]:
     """Ensembles ordered so that one made of other ensembles comes after them; each ensemble on a cycle gets the
-    cycle as its reason (and those built on it fail for want of a loaded version)."""
-    steps: dict[str, set[str]] = {}
-    for name in names:
-        config = records[name].config
-        steps[name] = {step.model_name for step in config.ensemble_steps} if config is not None else set()
+    cycle as its reason and is left out."""
+    by_name = {record.name: record for record in ensembles}
+    steps = {
+        record.name: {step.model_name for step in record.config.ensemble_steps} if record.config else set()
+        for record in ensembles
+    }
     ordered: list[str] = []
     visiting: list[str] = []
+    cyclic: set[str] = set()
 
     def visit(name: str) -> None:
         if name in visiting:
             cycle = [*visiting[visiting.index(name) :], name]
             for member in cycle[:-1]:
                 records[member].reason = f"circular dependency between ensembles: {' -> '.join(cycle)}"
+                cyclic.add(member)
             return
         if name in ordered:
             return
@@ -293,6 +512,11 @@ def _ensemble_order(names: list[str], records: Mapping[str, ModelRecord]) -> lis
         visiting.pop()
         ordered.append(name)
 
-    for name in sorted(names):
+    for name in sorted(by_name):
         visit(name)
-    return [name for name in ordered if not records[name].reason]
+    for name in sorted(cyclic):
+        logger.error("failed to load model '%s': %s", name, records[name].reason)
+    return [by_name[name] for name in ordered if name not in cyclic]
+
+
+__all__ = ["ModelManager", "ModelRecord", "parse_version"]

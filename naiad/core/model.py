@@ -6,12 +6,12 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from naiad.backends.base import Backend, InstanceContext, ModelCaller
 from naiad.core.ensemble import EnsembleScheduler
 from naiad.core.instances import InstanceRunner
 from naiad.core.outputs import OutputShaper
-from naiad.core.repository import ModelSource
 from naiad.core.scheduler import Scheduler
 from naiad.core.stats import ModelStats
 from naiad.core.validation import RequestChecker
@@ -40,9 +40,9 @@ class Serving:
 
 @dataclass(slots=True)
 class ModelVersion:
-    """One version of a model, from loading to unloading."""
+    """One version of a model, from loading to unloading; `folder` is the model folder it was loaded from."""
 
-    source: ModelSource
+    folder: Path
     config: ModelConfig
     version: int
     stats: ModelStats
@@ -74,7 +74,7 @@ class ModelVersion:
         """Load every instance; on failure the version is UNAVAILABLE with the reason, and nothing is left running."""
         started = time.monotonic()
         config = self.config
-        version_dir = self.source.path / str(self.version)
+        version_dir = self.folder / str(self.version)
         runners: list[InstanceRunner] = []
         for group in config.instance_groups:
             # `count` instances on each GPU of a KIND_GPU group, named alike on each (as Triton names them)
@@ -83,7 +83,7 @@ class ModelVersion:
                     context = InstanceContext(
                         config=config,
                         version=self.version,
-                        model_dir=self.source.path,
+                        model_dir=self.folder,
                         version_dir=version_dir,
                         instance_name=f"{group.name}_{index}",
                         kind="AUTO" if group.auto else group.kind.value.removeprefix("KIND_"),
@@ -97,7 +97,7 @@ class ModelVersion:
             if failure is not None:
                 raise failure
             checker = RequestChecker(config)
-            shaper = OutputShaper(config, self.source.path)
+            shaper = OutputShaper(config, self.folder)
         except BaseException as exc:
             for runner, outcome in zip(runners, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
@@ -115,12 +115,14 @@ class ModelVersion:
 
     def serve(self, scheduler: EnsembleScheduler) -> None:
         """Serve with a scheduler that needs no instances (an ensemble's)."""
-        self._serving = Serving(RequestChecker(self.config), OutputShaper(self.config, self.source.path), scheduler)
+        self._serving = Serving(RequestChecker(self.config), OutputShaper(self.config, self.folder), scheduler)
         self.state = ModelState.READY
 
     async def unload(self) -> None:
-        """Finalize every instance."""
+        """Stop taking requests, let those already queued or executing finish, then finalize every instance."""
         self.state = ModelState.UNLOADING
+        if self._serving is not None:
+            await self._serving.scheduler.settle()
         await asyncio.gather(*(runner.unload() for runner in self.runners))
         self.runners = ()
         self._serving = None

@@ -66,7 +66,9 @@ class Scheduler:
     ) -> None:
         self._loop = loop
         self._stats = stats
+        self._instances = len(runners)
         self._idle: deque[InstanceRunner] = deque(runners)
+        self._settled: list[asyncio.Future[None]] = []
         self._queue: deque[Pending] = deque()
         self._delayed: deque[Pending] = deque()
         self._batching = batching
@@ -96,6 +98,18 @@ class Scheduler:
         """Requests waiting for an instance."""
         return len(self._queue) + len(self._delayed)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a request is queued or executing."""
+        return bool(self._queue or self._delayed) or len(self._idle) < self._instances
+
+    async def settle(self) -> None:
+        """Wait until every request queued so far has been executed and answered."""
+        if self.busy:
+            settled = self._loop.create_future()
+            self._settled.append(settled)
+            await settled
+
     def submit(self, request: InferenceRequest, batch_size: int, key: Hashable, done: Done) -> None:
         """Queue a checked request; `done` is later called on the loop with its result or `ServerError`."""
         if self._max_queue and len(self._queue) + len(self._delayed) >= self._max_queue:
@@ -123,6 +137,16 @@ class Scheduler:
         else:
             self._stats.rejected += 1
             pending.finish(unavailable("Request timeout expired"))
+            if self._settled:
+                self._wake_settled()
+
+    def _wake_settled(self) -> None:
+        if self.busy:
+            return
+        for settled in self._settled:
+            if not settled.done():
+                settled.set_result(None)
+        self._settled.clear()
 
     def _dispatch(self) -> None:
         self._wakeup = None
@@ -208,6 +232,8 @@ class Scheduler:
             self._finish(sequence, batch, outcome, dispatched, start, end)
             if self._queue or self._delayed:
                 self._dispatch()
+            elif self._settled:
+                self._wake_settled()
 
         runner.execute([pending.request for pending in batch], done)
 

@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
+import shutil
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from naiad import __version__
 from naiad.config.settings import ServerSettings
 from naiad.core.lifecycle import ModelManager
-from naiad.core.repository import discover
 from naiad.core.stats import ModelStats, Observer
-from naiad.domain.errors import ErrorCode, ServerError, unavailable
+from naiad.core.stores.base import StoreError
+from naiad.core.stores.schemes import open_store
+from naiad.domain.errors import ServerError, invalid, unavailable
 from naiad.domain.model_config import ModelConfig
 from naiad.domain.tensors import InferenceRequest, InferenceResponse, InferenceResult
 
 ResponseDone = Callable[[InferenceResponse | ServerError], None]
 
+logger = logging.getLogger("naiad.core")
+
 # Extensions that work end to end; server metadata lists only these.
 EXTENSIONS = (
     "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
     "model_configuration",
     "binary_tensor_data",
     "parameters",
@@ -43,11 +53,19 @@ class InferenceServer:
     """Health, metadata, inference, statistics and the repository index, for any front end."""
 
     def __init__(self, settings: ServerSettings) -> None:
+        """Open the repositories (raises `StoreError` naming the one that cannot be read)."""
         self.settings = settings
+        self._cache = Path(tempfile.mkdtemp(prefix="naiad-models-"))  # local copies of remote models
+        try:
+            stores = [open_store(uri, self._cache) for uri in settings.model_repositories]
+        except BaseException:
+            shutil.rmtree(self._cache, ignore_errors=True)
+            raise
         self._manager = ModelManager(
-            discover(settings.model_repositories),
+            stores,
             auto_complete=not settings.disable_auto_complete_config,
             default_max_batch_size=lambda backend: int(settings.backend_setting(backend, "default-max-batch-size")),
+            load_threads=settings.model_load_thread_count,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -57,11 +75,32 @@ class InferenceServer:
         self._drained: asyncio.Event | None = None
 
     async def start(self) -> list[tuple[str, str]]:
-        """Load the models; returns the (model, reason) of each failure."""
+        """Load the models the control mode says to; returns the (model, reason) of each failure."""
         self._loop = asyncio.get_running_loop()
-        await self._manager.load_all(_Caller(self, self._loop), self.submit)
+        manager = self._manager
+        manager.bind(_Caller(self, self._loop), self.submit)
+        names = await manager.scan()
+        if self.settings.model_control_mode == "explicit" and "*" not in self.settings.load_models:
+            missing = [name for name in self.settings.load_models if name not in names]
+            names = [name for name in self.settings.load_models if name in names]
+            failures = [(f"'{name}'", "no model folder of that name in the repository") for name in missing]
+        else:
+            failures = []
+        await manager.load_all(names)
         self._started = True
-        return self._manager.failures()
+        return failures + manager.failures()
+
+    async def poll_repository(self) -> None:
+        """Poll mode: every --repository-poll-secs, load what was added, reload what changed, unload what is gone.
+        Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_secs)
+            try:
+                await self._manager.poll()
+            except StoreError as exc:  # a store that cannot be listed now may be back at the next poll
+                logger.error("polling the model repository failed: %s", exc)
+            except Exception:
+                logger.exception("polling the model repository failed")
 
     # Health and metadata
 
@@ -189,13 +228,37 @@ class InferenceServer:
         """Every model version with its state (and the reason when it is not ready)."""
         return self._manager.index(ready_only)
 
-    def load_model(self, name: str) -> None:
-        """Explicit model load; refused: naiad serves in model control mode `none`."""
-        raise _control_refused("load", name)
+    async def load_model(self, name: str, parameters: Mapping[str, Any]) -> None:
+        """Explicit mode: load or reload a model; `parameters` may hold `config`, a JSON model config that replaces
+        config.pbtxt. Raises `ServerError`."""
+        self._check_control(name)
+        _check_name(name)
+        override: dict[str, Any] | None = None
+        for key, value in parameters.items():
+            if key == "config":
+                override = _config_override(name, value)
+            elif key.startswith("file:"):
+                raise invalid(
+                    f"failed to load '{name}': file override parameters ('{key}') are refused, since they would let "
+                    "a client write files on the server; put the model's files in the repository instead"
+                )
+        await self._manager.load(name, override)
 
-    def unload_model(self, name: str) -> None:
-        """Explicit model unload; refused: naiad serves in model control mode `none`."""
-        raise _control_refused("unload", name)
+    async def unload_model(self, name: str, parameters: Mapping[str, Any]) -> None:
+        """Explicit mode: unload a model (and with `unload_dependents`, the ensembles over it). Raises `ServerError`."""
+        self._check_control(name)
+        dependents = parameters.get("unload_dependents", False)
+        if not isinstance(dependents, bool):
+            raise invalid("Unable to parse 'unload_dependents', expecting a boolean")
+        await self._manager.unload(name, dependents)
+
+    def _check_control(self, name: str) -> None:
+        mode = self.settings.model_control_mode
+        if mode != "explicit":
+            raise unavailable(
+                f"explicit model load / unload is not allowed in model control mode '{mode}' (model '{name}'); "
+                "start the server with --model-control-mode=explicit"
+            )
 
     # Shutdown
 
@@ -216,6 +279,7 @@ class InferenceServer:
         self._exiting = True
         self._unloading = True
         await self._manager.unload_all()
+        shutil.rmtree(self._cache, ignore_errors=True)
 
     @property
     def in_flight(self) -> int:
@@ -223,12 +287,25 @@ class InferenceServer:
         return self._in_flight
 
 
-def _control_refused(action: str, name: str) -> ServerError:
-    return ServerError(
-        ErrorCode.UNSUPPORTED,
-        f"explicit model {action} of '{name}' is not allowed in model control mode 'none'; naiad does not support "
-        "--model-control-mode=explicit yet",
-    )
+def _check_name(name: str) -> None:
+    """Triton's checks of a name to load: not empty, and nothing that could reach outside the repository."""
+    if not name.strip():
+        raise invalid("Model name cannot be empty. Please enter a valid name to deploy.")
+    if "/" in name or "\\" in name or "\0" in name or name.strip() in (".", ".."):
+        raise invalid(f"invalid model name '{name}', model name must not contain path traversal characters")
+
+
+def _config_override(name: str, value: Any) -> dict[str, Any]:
+    """A load request's `config` parameter: a model config in Triton's JSON form."""
+    if not isinstance(value, str):
+        raise invalid(f"failed to load '{name}': the 'config' parameter must be a string holding a JSON model config")
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise invalid(f"failed to load '{name}': the 'config' parameter is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise invalid(f"failed to load '{name}': the 'config' parameter must be a JSON object")
+    return parsed
 
 
 class _Caller:
@@ -249,4 +326,4 @@ class _Caller:
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
 
 
-__all__ = ["EXTENSIONS", "InferenceServer", "ModelStatistics", "Observer"]
+__all__ = ["EXTENSIONS", "InferenceServer", "ModelStatistics", "Observer", "StoreError"]

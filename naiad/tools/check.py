@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from naiad.config.settings import ServerSettings
-from naiad.core.repository import Finding, RepositoryError, inspect_layout
-from naiad.core.server import InferenceServer
+from naiad.core.repository import Finding, inspect_layout
+from naiad.core.server import InferenceServer, StoreError
 
 # Fixes for load failures whose message says what is wrong but not what to do.
 _FIXES = (
@@ -57,7 +57,7 @@ async def inspect(settings: ServerSettings) -> Report:
         return Report(layout, [])
     try:
         server = InferenceServer(settings)
-    except RepositoryError as exc:
+    except StoreError as exc:
         return Report([*layout, Finding(", ".join(settings.model_repositories), str(exc), "", True)], [])
     failures = await server.start()
     verdicts = [ModelVerdict(what.replace("'", ""), False, reason) for what, reason in failures]

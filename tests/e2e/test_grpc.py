@@ -114,7 +114,7 @@ def test_repository_index_and_model_control(client: grpcclient.InferenceServerCl
     for call in (client.load_model, client.unload_model):
         with pytest.raises(InferenceServerException) as caught:
             call("add_sub")
-        assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
+        assert caught.value.status() == "StatusCode.UNAVAILABLE"
         assert "--model-control-mode=explicit" in caught.value.message()
 
 

@@ -203,7 +203,12 @@ def test_routes_methods_and_unsupported_apis(server: RunningServer) -> None:
     assert reply.status_code == 405 and reply.json() == {"error": "Method Not Allowed"}
     assert requests.post(server.url + "/v2/health/live").status_code == 405
     expect(requests.get(server.url + "/v2/systemsharedmemory/status"), 501, "shared memory")
-    expect(requests.post(server.url + "/v2/repository/models/add_sub/load"), 501, "--model-control-mode=explicit")
+    expect(
+        requests.post(server.url + "/v2/repository/models/add_sub/load"),
+        503,
+        "--model-control-mode=explicit",
+        "add_sub",
+    )
     expect(
         requests.post(server.url + "/v2/repository/index", data=b'{"ready": [[true]]}'),
         400,

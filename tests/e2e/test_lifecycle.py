@@ -150,9 +150,9 @@ def test_not_ready_during_shutdown(tmp_path: Path, naiad: ServerFactory, monkeyp
 
 
 def test_unsupported_triton_flag_is_refused() -> None:
-    result = run_naiad("serve", "--model-repository=/tmp", "--model-control-mode=poll")
+    result = run_naiad("serve", "--model-repository=/tmp", "--model-namespacing=true")
     assert result.returncode == 2
-    assert "--model-control-mode is not supported by naiad yet" in result.stderr
+    assert "--model-namespacing is not supported by naiad yet" in result.stderr
 
 
 def test_bad_flag_values_are_refused() -> None:
@@ -162,6 +162,14 @@ def test_bad_flag_values_are_refused() -> None:
     assert result.returncode == 2 and "expected true or false" in result.stderr
     result = run_naiad("serve", "--model-repository=/tmp", "--http-max-input-size=0")
     assert result.returncode == 2 and "must be greater than 0" in result.stderr
+    result = run_naiad("serve", "--model-repository=/tmp", "--load-model=a")
+    assert result.returncode == 2 and "--load-model needs --model-control-mode=explicit" in result.stderr
+    result = run_naiad(
+        "serve", "--model-repository=/tmp", "--model-control-mode=explicit", "--load-model=*", "--load-model=a"
+    )
+    assert result.returncode == 2 and "must be the only --load-model" in result.stderr
+    result = run_naiad("serve", "--model-repository=/tmp", "--model-control-mode=sometimes")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
     result = run_naiad("serve", "--model-repository=/tmp", "--backend-config=python,shm-default-byte-size=1048576")
     assert result.returncode == 2
     assert "backend setting 'shm-default-byte-size' is not supported by naiad" in result.stderr

@@ -110,7 +110,7 @@ class InferenceService:
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
         try:
-            self.server.load_model(request.model_name)
+            await self.server.load_model(request.model_name, _repository_parameters(request.parameters))
         except ServerError as exc:
             await _abort(context, exc)
         return pb.RepositoryModelLoadResponse()
@@ -119,7 +119,7 @@ class InferenceService:
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
         try:
-            self.server.unload_model(request.model_name)
+            await self.server.unload_model(request.model_name, _repository_parameters(request.parameters))
         except ServerError as exc:
             await _abort(context, exc)
         return pb.RepositoryModelUnloadResponse()
@@ -195,3 +195,12 @@ def _stream_error(message: str, response: pb.ModelInferResponse) -> pb.ModelStre
 async def _abort(context: Context, exc: ServerError) -> NoReturn:
     await context.abort(status_of(exc.code), exc.message)
     raise AssertionError("unreachable: abort raises")
+
+
+def _repository_parameters(parameters: Any) -> dict[str, Any]:
+    """A load or unload request's `ModelRepositoryParameter` map as plain values."""
+    plain: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        kind = parameter.WhichOneof("parameter_choice")
+        plain[key] = getattr(parameter, kind) if kind else None
+    return plain

@@ -3,6 +3,7 @@ endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
@@ -35,6 +36,7 @@ class HttpApp:
     def __init__(self, server: InferenceServer, max_input_size: int) -> None:
         self.server = server
         self.max_input_size = max_input_size
+        self._control: set[asyncio.Task[None]] = set()  # load and unload requests being carried out
 
     def handle(self, request: HttpRequest, respond: Respond) -> None:
         """Answer one request through `respond`, now or when its inference is done; every failure becomes
@@ -76,7 +78,7 @@ class HttpApp:
             ok = self.server.live if parts[3] == "live" else self.server.ready
             return HttpReply(200 if ok else 400, content_type=_TEXT)
         if section == "repository":
-            return self._repository_route(request, parts[3:])
+            return self._repository_route(request, parts[3:], respond)
         if section in _MISSING:
             raise missing_extension(_MISSING[section])
         raise not_found("Not Found")
@@ -140,7 +142,7 @@ class HttpApp:
 
         self.server.submit(name, version, decoded.request, done)
 
-    def _repository_route(self, request: HttpRequest, rest: list[str]) -> HttpReply:
+    def _repository_route(self, request: HttpRequest, rest: list[str], respond: Respond) -> HttpReply | None:
         if rest and rest[0] not in ("index", "models"):
             rest = rest[1:]  # /v2/repository/{repository}/...: naiad serves one namespace of models
         if rest == ["index"]:
@@ -155,11 +157,27 @@ class HttpApp:
             return HttpReply(200, codec.dumps(self.server.repository_index(ready_only)))
         if len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
             _allow(request, "POST")
-            if rest[2] == "load":
-                self.server.load_model(rest[1])
-            else:
-                self.server.unload_model(rest[1])
-            return HttpReply(200, b"")
+            body = self.body(request)
+            parameters = codec.parse_object(body).get("parameters", {}) if body.strip() else {}
+            if not isinstance(parameters, dict):
+                raise invalid("Unable to parse 'parameters': expected a JSON object")
+            action = self.server.load_model if rest[2] == "load" else self.server.unload_model
+            task = asyncio.get_running_loop().create_task(action(rest[1], parameters))
+            self._control.add(task)
+
+            def answer(task: asyncio.Task[None]) -> None:
+                self._control.discard(task)
+                error = task.exception()
+                if error is None:
+                    respond(HttpReply(200, b""))
+                elif isinstance(error, ServerError):
+                    respond(_compressed(request, _error(error)))
+                else:
+                    logger.error("%s of model '%s' failed", rest[2], rest[1], exc_info=error)
+                    respond(HttpReply(500, orjson.dumps({"error": f"{rest[2]} of '{rest[1]}' failed: {error}"})))
+
+            task.add_done_callback(answer)
+            return None
         raise not_found("Not Found")
 
 

@@ -1,0 +1,292 @@
+"""Model control end to end: explicit load and unload over HTTP and gRPC, poll mode following the repository, and
+reloads under a steady stream of requests that must never see a failure."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import RunningServer, ServerFactory
+from tests.models import IDENTITY, add_sub_config, identity_config, write_model
+
+# Adds the constant OFFSET to its input: rewriting OFFSET is a change a reload must pick up. Each execution takes a
+# few milliseconds so that requests are queued and executing when a reload swaps the versions.
+OFFSET_MODEL = """
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+OFFSET = {offset}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(0.005)
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (x + OFFSET).astype(np.float32))]))
+        return out
+"""
+
+BROKEN = "this is not python\n"
+
+
+def offset_model(repository: Path, name: str, offset: float, versions: tuple[int, ...] = (1,)) -> Path:
+    return write_model(
+        repository, name, identity_config(name, "TYPE_FP32", batch=8, extra="dynamic_batching { }"),
+        OFFSET_MODEL.format(offset=offset), versions,
+    )  # fmt: skip
+
+
+def set_offset(folder: Path, version: int, offset: float) -> None:
+    (folder / str(version) / "model.py").write_text(textwrap.dedent(OFFSET_MODEL.format(offset=offset)))
+
+
+def infer(server: RunningServer, model: str, value: float = 1.0, version: str = "") -> requests.Response:
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [value]}]}
+    return requests.post(server.url + path, json=body, timeout=30)
+
+
+def output(reply: requests.Response) -> float:
+    assert reply.status_code == 200, reply.text
+    return float(reply.json()["outputs"][0]["data"][0])
+
+
+def index(server: RunningServer) -> list[dict[str, Any]]:
+    reply = requests.post(server.url + "/v2/repository/index", timeout=5)
+    assert reply.status_code == 200, reply.text
+    return list(reply.json())
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Stream:
+    """Clients sending requests to one model without pause; every answer is kept."""
+
+    def __init__(self, server: RunningServer, model: str, clients: int = 4) -> None:
+        self.server = server
+        self.model = model
+        self.failures: list[str] = []
+        self.outputs: list[float] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            body = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+            while not self._stop.is_set():
+                reply = session.post(f"{self.server.url}/v2/models/{self.model}/infer", json=body, timeout=30)
+                if reply.status_code != 200:
+                    self.failures.append(f"{reply.status_code} {reply.text}")
+                else:
+                    self.outputs.append(float(reply.json()["outputs"][0]["data"][0]))
+
+    @contextmanager
+    def running(self) -> Iterator[Stream]:
+        for thread in self._threads:
+            thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            for thread in self._threads:
+                thread.join()
+
+    def seen(self, value: float) -> bool:
+        return value in self.outputs[-20:]
+
+
+def test_explicit_mode_loads_what_it_is_told_over_http(naiad: ServerFactory, tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    offset_model(repository, "first", 10.0)
+    offset_model(repository, "second", 20.0)
+    server = naiad.start(repository, "--model-control-mode=explicit", "--load-model=first")
+    assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
+    assert {"name": "second"} in index(server)
+    assert output(infer(server, "first")) == 11.0
+    assert infer(server, "second").status_code == 404
+
+    assert requests.post(server.url + "/v2/repository/models/second/load", timeout=60).status_code == 200
+    assert output(infer(server, "second")) == 21.0
+
+    assert requests.post(server.url + "/v2/repository/models/first/unload", timeout=60).status_code == 200
+    assert {"name": "first", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index(server)
+    assert infer(server, "first").status_code in (400, 404, 503)
+    assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
+
+    missing = requests.post(server.url + "/v2/repository/models/nothing/load", timeout=60)
+    assert missing.status_code == 404 and "failed to poll from model repository" in missing.json()["error"]
+    files = requests.post(
+        server.url + "/v2/repository/models/second/load",
+        json={"parameters": {"file:1/model.py": "cHJpbnQoMSk="}},
+        timeout=60,
+    )
+    assert files.status_code == 400 and "file override parameters" in files.json()["error"]
+    assert not (repository / "second" / "1" / "model.pyc").exists()
+
+
+def test_load_with_a_config_override_and_a_failed_load(naiad: ServerFactory, tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    offset_model(repository, "model", 1.0, versions=(1, 2))
+    server = naiad.start(repository, "--model-control-mode=explicit", "--load-model=model")
+    assert [e["version"] for e in index(server) if e.get("state") == "READY"] == ["2"]
+    config = {
+        "backend": "python",
+        "max_batch_size": 8,
+        "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [-1]}],
+        "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [-1]}],
+        "version_policy": {"specific": {"versions": [1]}},
+    }
+    import json
+
+    reply = requests.post(
+        server.url + "/v2/repository/models/model/load", json={"parameters": {"config": json.dumps(config)}}, timeout=60
+    )
+    assert reply.status_code == 200, reply.text
+    ready = [e["version"] for e in index(server) if e.get("state") == "READY"]
+    assert ready == ["1"]
+    assert output(infer(server, "model", version="1")) == 2.0
+
+    (repository / "model" / "1" / "model.py").write_text(BROKEN)
+    failed = requests.post(server.url + "/v2/repository/models/model/load", timeout=60)
+    assert failed.status_code == 400 and "load failed for model 'model'" in failed.json()["error"]
+    assert output(infer(server, "model", version="1")) == 2.0, "the previous version must serve on"
+    entry = next(e for e in index(server) if e.get("version") == "1")
+    assert entry["state"] == "READY" and "reload failed" in entry["reason"]
+
+
+def test_explicit_mode_over_grpc_with_names_checked_and_dependents(naiad: ServerFactory, tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    write_model(repository, "identity", identity_config("identity", "TYPE_FP32", batch=8), IDENTITY)
+    (repository / "pipe" / "1").mkdir(parents=True)
+    (repository / "pipe" / "config.pbtxt").write_text(
+        textwrap.dedent("""
+        name: "pipe"
+        platform: "ensemble"
+        max_batch_size: 8
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+        output [ { name: "Y" data_type: TYPE_FP32 dims: [ -1 ] } ]
+        ensemble_scheduling { step [ { model_name: "identity" model_version: -1
+          input_map { key: "INPUT0" value: "X" } output_map { key: "OUTPUT0" value: "Y" } } ] }
+        """)
+    )
+    server = naiad.start(repository, "--model-control-mode=explicit", grpc=True)
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    assert not client.is_model_ready("pipe")
+
+    client.load_model("pipe")  # loads the model its step runs on first
+    assert client.is_model_ready("pipe") and client.is_model_ready("identity")
+    data = np.array([[1.0, 2.0]], dtype=np.float32)
+    inputs = [grpcclient.InferInput("X", [1, 2], "FP32")]
+    inputs[0].set_data_from_numpy(data)
+    result = client.infer("pipe", inputs)
+    assert np.array_equal(result.as_numpy("Y"), data)
+
+    client.unload_model("identity", unload_dependents=True)
+    assert not client.is_model_ready("identity") and not client.is_model_ready("pipe")
+
+    for name in ("../etc", "a/../b", "/etc/passwd", "model/", "..", " .."):
+        with pytest.raises(InferenceServerException, match="must not contain path traversal characters"):
+            client.load_model(name)
+    for name in ("", " ", "\t"):
+        with pytest.raises(InferenceServerException, match="Model name cannot be empty"):
+            client.load_model(name)
+    with pytest.raises(InferenceServerException, match="failed to poll from model repository"):
+        client.load_model("..my_model")
+    client.close()
+
+
+def test_explicit_reload_under_load_loses_no_request(naiad: ServerFactory, tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    folder = offset_model(repository, "steady", 100.0)
+    server = naiad.start(repository, "--model-control-mode=explicit", "--load-model=steady")
+    stream = Stream(server, "steady")
+    with stream.running():
+        wait_for(lambda: stream.seen(101.0), "requests to flow")
+        for offset in (200.0, 300.0, 400.0):
+            set_offset(folder, 1, offset)
+            reply = requests.post(server.url + "/v2/repository/models/steady/load", timeout=60)
+            assert reply.status_code == 200, reply.text
+            wait_for(lambda offset=offset: stream.seen(offset + 1), f"offset {offset} to be served")
+    assert stream.failures == []
+    assert len(stream.outputs) > 50
+    assert set(stream.outputs) <= {101.0, 201.0, 301.0, 401.0}
+
+
+def test_poll_mode_follows_the_repository_without_failing_a_request(naiad: ServerFactory, tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    steady = offset_model(repository, "steady", 100.0)
+    server = naiad.start(repository, "--model-control-mode=poll", "--repository-poll-secs=0.3")
+    stream = Stream(server, "steady")
+    with stream.running():
+        wait_for(lambda: stream.seen(101.0), "requests to flow")
+
+        added = offset_model(repository, "added", 5.0)  # a new model folder is loaded
+        config = (added / "config.pbtxt").read_text()  # without a name, so that the folder can be renamed
+        (added / "config.pbtxt").write_text(config.replace('name: "added"', ""))
+        wait_for(lambda: infer(server, "added").status_code == 200, "the added model to load")
+        assert output(infer(server, "added")) == 6.0
+
+        set_offset(steady, 1, 200.0)  # a changed model file reloads the model
+        wait_for(lambda: stream.seen(201.0), "the changed model to serve")
+
+        (steady / "config.pbtxt").write_text(  # a changed config too
+            textwrap.dedent(identity_config("steady", "TYPE_FP32", batch=4, extra="dynamic_batching { }"))
+        )
+        wait_for(
+            lambda: requests.get(server.url + "/v2/models/steady/config", timeout=5).json()["max_batch_size"] == 4,
+            "the changed config to serve",
+        )
+
+        (steady / "2").mkdir()  # a new version is served; the policy (latest 1) retires version 1
+        (steady / "2" / "model.py").write_text(textwrap.dedent(OFFSET_MODEL.format(offset=300.0)))
+        wait_for(lambda: stream.seen(301.0), "version 2 to serve")
+        wait_for(
+            lambda: {"name": "steady", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index(server),
+            "version 1 to unload",
+        )
+
+        (repository / "added").rename(repository / "renamed")  # a renamed folder: old name out, new name in
+        wait_for(lambda: infer(server, "renamed").status_code == 200, "the renamed model to load")
+        wait_for(lambda: infer(server, "added").status_code == 404, "the old name to unload")
+
+        shutil.rmtree(repository / "renamed")  # a deleted folder is unloaded
+        wait_for(lambda: infer(server, "renamed").status_code == 404, "the deleted model to unload")
+        assert all(entry["name"] != "renamed" for entry in index(server))
+
+        (steady / "2" / "model.py").write_text(BROKEN)  # a broken reload leaves the old version serving
+        wait_for(
+            lambda: any("reload failed" in entry.get("reason", "") for entry in index(server)), "the failed reload"
+        )
+        assert output(infer(server, "steady")) == 301.0
+    assert stream.failures == []
+    assert "reload failed" in server.log()
+
+
+def test_load_and_unload_are_refused_outside_explicit_mode(naiad: ServerFactory, tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    write_model(repository, "add_sub", add_sub_config(), IDENTITY)
+    server = naiad.start(repository, "--model-control-mode=poll", "--repository-poll-secs=30")
+    reply = requests.post(server.url + "/v2/repository/models/add_sub/unload", timeout=5)
+    assert reply.status_code == 503 and "model control mode 'poll'" in reply.json()["error"]

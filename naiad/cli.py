@@ -360,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="explicit mode: a model to load at start-up; repeat for several, or '*' alone for all",
     )
+    _flag(
+        serve,
+        "--allow-model-file-override",
+        False,
+        "explicit mode: accept load requests that carry the model's files (Triton's file: parameters); off by "
+        "default, since it lets any client that reaches the server write files on it",
+    )
     serve.add_argument(
         "--model-load-thread-count",
         type=_positive,
@@ -459,6 +466,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         repository_poll_secs=args.repository_poll_secs,
         load_models=tuple(args.load_model),
         model_load_thread_count=args.model_load_thread_count,
+        allow_model_file_override=args.allow_model_file_override,
         exit_timeout_secs=args.exit_timeout_secs,
         disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
         backend_config=_backend_settings(args.backend_config),

@@ -72,6 +72,7 @@ class ServerSettings:
     repository_poll_secs: float = 15.0
     load_models: tuple[str, ...] = ()  # explicit mode: loaded at start-up ("*" for all)
     model_load_thread_count: int = 4
+    allow_model_file_override: bool = False  # accept Triton's `file:` load parameters (clients writing files)
     exit_timeout_secs: int = 30
     disable_auto_complete_config: bool = False
     # --backend-config: backend name ("" for every backend) -> setting -> value

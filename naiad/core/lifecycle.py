@@ -8,9 +8,11 @@ reload that fails leaves the previous versions serving, with the failure as the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from naiad.backends.base import ModelCaller
@@ -20,6 +22,7 @@ from naiad.core.model import ModelState, ModelVersion
 from naiad.core.preparation import Prepared, Preparer
 from naiad.core.stats import ModelStats
 from naiad.core.stores.base import Fingerprint, Store, StoreError, model_stamps, version_stamps
+from naiad.core.stores.inline import InlineStore, UnsafePathError
 from naiad.domain.errors import ServerError, invalid, not_found, unavailable
 from naiad.domain.model_config import ModelConfig
 
@@ -40,6 +43,7 @@ class ModelRecord:
     loaded: Prepared | None = None  # what the serving versions were loaded from
     override: Mapping[str, Any] | None = None  # a load request's config, kept for later reloads (as Triton)
     tried: Fingerprint | None = None  # the files of the last load attempt: polling retries only on a change
+    inline: Store | None = None  # the files of a load request, used instead of the repository's until a plain load
     loading: bool = False
 
     def refresh_latest(self) -> None:
@@ -62,8 +66,10 @@ class ModelManager:
         auto_complete: bool,
         default_max_batch_size: Callable[[str], int] = lambda backend: 4,
         load_threads: int = 4,
+        cache: Path | None = None,
     ) -> None:
         self._stores = stores
+        self._cache = cache  # where a load request's files are written
         self._records: dict[str, ModelRecord] = {}
         self._preparer = Preparer(auto_complete, default_max_batch_size, visible_gpus())
         self._loads = asyncio.Semaphore(max(1, load_threads))
@@ -88,11 +94,13 @@ class ModelManager:
         for store in self._stores:
             for name in await asyncio.to_thread(store.models):
                 found.setdefault(name, []).append(store)
-        for name, stores in found.items():
-            self._records.setdefault(name, ModelRecord(name)).stores = stores
-        for name, record in self._records.items():
-            if name not in found:
+        for record in self._records.values():
+            if record.inline is None:
                 record.stores = []
+        for name, stores in found.items():
+            record = self._records.setdefault(name, ModelRecord(name))
+            if record.inline is None:
+                record.stores = stores
         return sorted(found)
 
     def has(self, name: str) -> bool:
@@ -116,10 +124,18 @@ class ModelManager:
                 await self._unload(name, unload_dependents=False, forget=True)
             await self._load_many(names, force=False)
 
-    async def load(self, name: str, override: Mapping[str, Any] | None = None) -> None:
+    async def load(
+        self, name: str, override: Mapping[str, Any] | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None:
         """Explicit mode: load or reload one model, and first the models an ensemble is made of when they are not
-        loaded; raises `ServerError` when it does not end up serving the new load."""
+        loaded; raises `ServerError` when it does not end up serving the new load. `files` (a load request's
+        `file:` parameters, by path in the model folder) replace the repository's folder until a load without them."""
         async with self._control:
+            existing = self._records.get(name)
+            if existing is not None:
+                existing.inline = None
+            if files is not None:
+                await self._write_inline(name, override, files)
             await self.scan()
             record = self._records.get(name)
             if record is None or not record.stores:
@@ -151,6 +167,23 @@ class ModelManager:
         if record.reason:  # a reload failed: the previous versions serve on
             raise invalid(f"load failed for model '{name}': {record.reason}")
 
+    async def _write_inline(self, name: str, override: Mapping[str, Any] | None, files: Mapping[str, bytes]) -> None:
+        if override is None:
+            raise invalid(
+                f"failed to load '{name}': file: parameters need a 'config' parameter with the model's config"
+            )
+        assert self._cache is not None
+        try:
+            inline = await asyncio.to_thread(InlineStore, name, files, self._cache)
+        except UnsafePathError as exc:
+            raise invalid(
+                f"failed to load '{name}': the file path '{exc}' must stay inside the model folder (a relative "
+                "path without '..')"
+            ) from None
+        record = self._records.setdefault(name, ModelRecord(name))
+        record.inline = inline
+        record.stores = [inline]
+
     async def unload(self, name: str, unload_dependents: bool) -> None:
         """Explicit mode: unload every version of a model once the requests it holds are answered (and, if asked,
         every ensemble that uses it)."""
@@ -169,7 +202,7 @@ class ModelManager:
         record.latest = None
         await self._retire(record, retiring)
         if record.loaded is not None:
-            self._release(record, record.loaded)
+            self._release(record.loaded)
             record.loaded = None
         record.reason = ""
         if forget:
@@ -200,9 +233,10 @@ class ModelManager:
                     raise not_found(f"failed to poll from model repository: the folder of '{record.name}' is gone")
                 record.loading = True
                 folder = await asyncio.to_thread(store.fetch, record.name, fingerprint)
-                return await asyncio.to_thread(
+                prepared = await asyncio.to_thread(
                     self._preparer.prepare, record.name, folder, fingerprint, record.override
                 )
+                return dataclasses.replace(prepared, store=store)
             except (ServerError, StoreError) as exc:
                 record.loading = False
                 self._failed(record, exc.message if isinstance(exc, ServerError) else str(exc))
@@ -248,7 +282,7 @@ class ModelManager:
             for version in fresh.values():
                 if version.state is ModelState.READY:
                     await version.unload()
-            self._release(record, prepared, unless=record.loaded)
+            self._release(prepared, unless=record.loaded)
             reasons = "; ".join(f"version {v.version}: {v.reason}" for v in failed)
             self._failed(record, reasons)
             return
@@ -296,18 +330,16 @@ class ModelManager:
     ) -> None:
         await self._retire(record, retiring)
         if previous is not None:
-            self._release(record, previous, unless=record.loaded)
+            self._release(previous, unless=record.loaded)
 
     async def _retire(self, record: ModelRecord, retiring: list[ModelVersion]) -> None:
         await asyncio.gather(*(version.unload() for version in retiring))
         for version in retiring:
             logger.info("successfully unloaded '%s' version %d", record.name, version.version)
 
-    def _release(self, record: ModelRecord, prepared: Prepared, unless: Prepared | None = None) -> None:
-        if unless is not None and unless.folder == prepared.folder:
-            return
-        for store in record.stores[:1]:
-            store.release(prepared.folder)
+    def _release(self, prepared: Prepared, unless: Prepared | None = None) -> None:
+        if (unless is None or unless.folder != prepared.folder) and prepared.store is not None:
+            prepared.store.release(prepared.folder)
 
     def _failed(self, record: ModelRecord, reason: str) -> None:
         if record.serving:
@@ -456,7 +488,7 @@ class ModelManager:
         await asyncio.gather(*(version.unload() for version in loaded))
         for record in self._records.values():
             if record.loaded is not None:
-                self._release(record, record.loaded)
+                self._release(record.loaded)
 
 
 def parse_version(text: str) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 from naiad.backends.base import Backend
 from naiad.backends.registry import get_backend
 from naiad.config import model_config, pbtxt
-from naiad.core.stores.base import Fingerprint, versions_on_disk
+from naiad.core.stores.base import Fingerprint, Store, versions_on_disk
 from naiad.domain.errors import invalid
 from naiad.domain.model_config import ModelConfig
 
@@ -28,6 +28,7 @@ class Prepared:
     selected: tuple[int, ...]
     folder: Path
     fingerprint: Fingerprint
+    store: Store | None = None  # where `folder` came from, which deletes it once unused
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -66,6 +67,7 @@ class InferenceServer:
             auto_complete=not settings.disable_auto_complete_config,
             default_max_batch_size=lambda backend: int(settings.backend_setting(backend, "default-max-batch-size")),
             load_threads=settings.model_load_thread_count,
+            cache=self._cache,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -234,15 +236,19 @@ class InferenceServer:
         self._check_control(name)
         _check_name(name)
         override: dict[str, Any] | None = None
+        files: dict[str, bytes] = {}
         for key, value in parameters.items():
             if key == "config":
                 override = _config_override(name, value)
             elif key.startswith("file:"):
-                raise invalid(
-                    f"failed to load '{name}': file override parameters ('{key}') are refused, since they would let "
-                    "a client write files on the server; put the model's files in the repository instead"
-                )
-        await self._manager.load(name, override)
+                if not self.settings.allow_model_file_override:
+                    raise invalid(
+                        f"failed to load '{name}': file override parameters ('{key}') are refused, since they let a "
+                        "client write files on the server; put the model's files in the repository, or start the "
+                        "server with --allow-model-file-override=true"
+                    )
+                files[key.removeprefix("file:")] = _file_content(name, key, value)
+        await self._manager.load(name, override, files or None)
 
     async def unload_model(self, name: str, parameters: Mapping[str, Any]) -> None:
         """Explicit mode: unload a model (and with `unload_dependents`, the ensembles over it). Raises `ServerError`."""
@@ -293,6 +299,18 @@ def _check_name(name: str) -> None:
         raise invalid("Model name cannot be empty. Please enter a valid name to deploy.")
     if "/" in name or "\\" in name or "\0" in name or name.strip() in (".", ".."):
         raise invalid(f"invalid model name '{name}', model name must not contain path traversal characters")
+
+
+def _file_content(name: str, key: str, value: Any) -> bytes:
+    """A `file:` parameter's bytes: raw over gRPC, base64 text over HTTP."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError:
+            pass
+    raise invalid(f"failed to load '{name}': the '{key}' parameter must hold the file's bytes, base64-encoded in JSON")
 
 
 def _config_override(name: str, value: Any) -> dict[str, Any]:

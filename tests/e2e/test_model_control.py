@@ -290,3 +290,45 @@ def test_load_and_unload_are_refused_outside_explicit_mode(naiad: ServerFactory,
     server = naiad.start(repository, "--model-control-mode=poll", "--repository-poll-secs=30")
     reply = requests.post(server.url + "/v2/repository/models/add_sub/unload", timeout=5)
     assert reply.status_code == 503 and "model control mode 'poll'" in reply.json()["error"]
+
+
+def test_file_overrides_need_the_flag_and_stay_inside_the_model_folder(naiad: ServerFactory, tmp_path: Path) -> None:
+    import base64
+    import json
+
+    repository = tmp_path / "models"
+    repository.mkdir()
+    server = naiad.start(repository, "--model-control-mode=explicit", "--allow-model-file-override=true", grpc=True)
+    config = json.dumps(
+        {
+            "backend": "python",
+            "max_batch_size": 8,
+            "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [-1]}],
+            "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [-1]}],
+        }
+    )
+    source = textwrap.dedent(OFFSET_MODEL.format(offset=7.0)).encode()
+
+    def load(parameters: dict[str, str]) -> requests.Response:
+        return requests.post(
+            server.url + "/v2/repository/models/inline/load", json={"parameters": parameters}, timeout=60
+        )
+
+    encoded = base64.b64encode(source).decode()
+    no_config = load({"file:1/model.py": encoded})
+    assert no_config.status_code == 400 and "need a 'config' parameter" in no_config.json()["error"]
+    target = tmp_path / "escaped.txt"
+    for path in ("../../escaped.txt", f"1/../../{target.name}", str(target), "1/./model.py", "1\\model.py"):
+        reply = load({"config": config, f"file:{path}": encoded})
+        assert reply.status_code == 400 and "must stay inside the model folder" in reply.json()["error"], path
+    assert not target.exists()
+    assert not list(repository.iterdir()), "nothing may be written into the repository"
+
+    reply = load({"config": config, "file:1/model.py": encoded})
+    assert reply.status_code == 200, reply.text
+    assert output(infer(server, "inline")) == 8.0
+
+    client = grpcclient.InferenceServerClient(server.grpc_address)  # over gRPC the files are raw bytes
+    client.load_model("inline", config=config, files={"file:1/model.py": OFFSET_MODEL.format(offset=9.0).encode()})
+    assert output(infer(server, "inline")) == 10.0
+    client.close()

@@ -3,7 +3,7 @@ requests into one result (or error) per request, unload."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +23,15 @@ class ModelCaller(Protocol):
         self, model_name: str, model_version: str, request: InferenceRequest
     ) -> Awaitable[InferenceResponse]:
         """Start a request from an event loop running in an instance's thread; await the result there."""
+
+    def load(self, model_name: str, config: str, files: Mapping[str, bytes]) -> None:
+        """Load or reload a model (explicit mode), from an instance's thread; raises `ServerError`."""
+
+    def unload(self, model_name: str, unload_dependents: bool) -> None:
+        """Unload a model (explicit mode), from an instance's thread; raises `ServerError`."""
+
+    def is_ready(self, model_name: str, model_version: str) -> bool:
+        """Whether a model (version) can serve requests now."""
 
 
 @dataclass(frozen=True, slots=True)

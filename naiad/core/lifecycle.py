@@ -121,7 +121,7 @@ class ModelManager:
             names = await self.scan()
             gone = [name for name, record in self._records.items() if not record.stores]
             for name in gone:
-                await self._unload(name, unload_dependents=False, forget=True)
+                self._begin_unload(name, unload_dependents=False, forget=True)
             await self._load_many(names, force=False)
 
     async def load(
@@ -186,11 +186,14 @@ class ModelManager:
 
     async def unload(self, name: str, unload_dependents: bool) -> None:
         """Explicit mode: unload every version of a model once the requests it holds are answered (and, if asked,
-        every ensemble that uses it)."""
+        every ensemble that uses it). Returns when they are unloaded; the wait is outside the control lock, so a
+        model still answering may load or unload others meanwhile."""
         async with self._control:
-            await self._unload(name, unload_dependents, forget=False)
+            unloading = self._begin_unload(name, unload_dependents, forget=False)
+        await asyncio.gather(*unloading)
 
-    async def _unload(self, name: str, unload_dependents: bool, forget: bool) -> None:
+    def _begin_unload(self, name: str, unload_dependents: bool, forget: bool) -> list[asyncio.Task[None]]:
+        """Stop routing requests to the model at once; its versions unload in the background once settled."""
         record = self._records.get(name)
         if record is None:
             raise not_found(f"failed to unload '{name}': no model of that name in the repository")
@@ -200,18 +203,15 @@ class ModelManager:
         for version in retiring:
             version.state = ModelState.UNLOADING
         record.latest = None
-        await self._retire(record, retiring)
-        if record.loaded is not None:
-            self._release(record.loaded)
-            record.loaded = None
+        unloading = [self._retire_in_background(record, retiring, record.loaded)]
+        record.loaded = None
         record.reason = ""
         if forget:
             del self._records[name]
-        if retiring:
-            logger.info("successfully unloaded '%s'", name)
         if unload_dependents:
             for dependent in self._dependents(name):
-                await self._unload(dependent, unload_dependents=True, forget=False)
+                unloading += self._begin_unload(dependent, unload_dependents=True, forget=False)
+        return unloading
 
     async def _load_many(self, names: list[str], force: bool) -> None:
         records = [self._records[name] for name in names if name in self._records]
@@ -321,21 +321,24 @@ class ModelManager:
         record.refresh_latest()
         self._log_versions(record, versions)
         if retiring or (previous is not None and previous.folder != prepared.folder):
-            task = asyncio.get_running_loop().create_task(self._retire_then_release(record, retiring, previous))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._retire_in_background(record, retiring, previous)
 
-    async def _retire_then_release(
+    def _retire_in_background(
         self, record: ModelRecord, retiring: list[ModelVersion], previous: Prepared | None
-    ) -> None:
-        await self._retire(record, retiring)
-        if previous is not None:
-            self._release(previous, unless=record.loaded)
+    ) -> asyncio.Task[None]:
+        """Unload `retiring` once each has answered the requests it holds, then delete `previous`'s local copy
+        unless the model serves from it again."""
+        task = asyncio.get_running_loop().create_task(self._retire(record, retiring, previous))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return task
 
-    async def _retire(self, record: ModelRecord, retiring: list[ModelVersion]) -> None:
+    async def _retire(self, record: ModelRecord, retiring: list[ModelVersion], previous: Prepared | None) -> None:
         await asyncio.gather(*(version.unload() for version in retiring))
         for version in retiring:
             logger.info("successfully unloaded '%s' version %d", record.name, version.version)
+        if previous is not None:
+            self._release(previous, unless=record.loaded)
 
     def _release(self, prepared: Prepared, unless: Prepared | None = None) -> None:
         if (unless is None or unless.folder != prepared.folder) and prepared.store is not None:

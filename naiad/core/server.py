@@ -343,5 +343,22 @@ class _Caller:
         coroutine = self._server.infer(model_name, model_version, request)
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
 
+    def load(self, model_name: str, config: str, files: Mapping[str, bytes]) -> None:
+        parameters: dict[str, Any] = {f"file:{path}": content for path, content in files.items()}
+        if config:
+            parameters["config"] = config
+        coroutine = self._server.load_model(model_name, parameters)
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def unload(self, model_name: str, unload_dependents: bool) -> None:
+        coroutine = self._server.unload_model(model_name, {"unload_dependents": unload_dependents})
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def is_ready(self, model_name: str, model_version: str) -> bool:
+        return asyncio.run_coroutine_threadsafe(self._ready(model_name, model_version), self._loop).result()
+
+    async def _ready(self, model_name: str, model_version: str) -> bool:
+        return self._server.model_ready(model_name, model_version)
+
 
 __all__ = ["EXTENSIONS", "InferenceServer", "ModelStatistics", "Observer", "StoreError"]

@@ -332,3 +332,55 @@ def test_file_overrides_need_the_flag_and_stay_inside_the_model_folder(naiad: Se
     client.load_model("inline", config=config, files={"file:1/model.py": OFFSET_MODEL.format(offset=9.0).encode()})
     assert output(infer(server, "inline")) == 10.0
     client.close()
+
+
+CONTROLLER = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        try:
+            pb_utils.load_model("target")
+        except pb_utils.TritonModelException as exc:
+            self.refused = str(exc)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            op = int(pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy().ravel()[0])
+            if op == 1:
+                pb_utils.load_model("target")
+            elif op == 2:
+                pb_utils.unload_model("target")
+            elif op == 3:
+                try:
+                    pb_utils.load_model("nothing")
+                except pb_utils.TritonModelException as exc:
+                    return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))]
+            elif op == 4:
+                return [pb_utils.InferenceResponse(error=pb_utils.TritonError(self.refused))]
+            ready = np.array([[int(pb_utils.is_model_ready("target"))]], dtype=np.int32)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", ready)]))
+        return responses
+"""
+
+
+def test_a_python_model_loads_and_unloads_others_through_pb_utils(naiad: ServerFactory, tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    write_model(repository, "controller", identity_config("controller", "TYPE_INT32", batch=1), CONTROLLER)
+    offset_model(repository, "target", 1.0)
+    server = naiad.start(repository, "--model-control-mode=explicit", "--load-model=controller")
+
+    def call(op: int) -> requests.Response:
+        body = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "INT32", "data": [op]}]}
+        return requests.post(server.url + "/v2/models/controller/infer", json=body, timeout=60)
+
+    assert call(0).json()["outputs"][0]["data"] == [0]
+    assert call(1).json()["outputs"][0]["data"] == [1]
+    assert output(infer(server, "target")) == 2.0
+    assert call(2).json()["outputs"][0]["data"] == [0]
+    assert infer(server, "target").status_code != 200
+    assert "failed to poll from model repository" in call(3).json()["error"]
+    assert "cannot be called from initialize()" in call(4).json()["error"]

@@ -118,7 +118,11 @@ class PythonModelInstance:
         self._execute = self._model.execute
         initialize = getattr(self._model, "initialize", None)
         if initialize is not None:
-            self._await(initialize(args))
+            pb._state.initializing = True
+            try:
+                self._await(initialize(args))
+            finally:
+                pb._state.initializing = False
 
     def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult | ServerError]:
         """Run the model's `execute` on the requests: one result, or error, per request."""

@@ -540,15 +540,36 @@ class MetricFamily:
 
 
 def load_model(model_name: str, config: str = "", files: Mapping[str, bytes] | None = None) -> None:
-    """Triton's model loading API, which naiad does not offer to models yet: raises."""
-    raise TritonModelException(f"pb_utils.load_model('{model_name}') is not supported by naiad yet")
+    """Load or reload a model of this server (explicit model control mode only); raises `TritonModelException`."""
+    caller = _control_caller("load_model", model_name)
+    try:
+        caller.load(model_name, config, dict(files or {}))
+    except ServerError as exc:
+        raise TritonModelException(exc.message) from None
 
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
-    """Triton's model unloading API, which naiad does not offer to models yet: raises."""
-    raise TritonModelException(f"pb_utils.unload_model('{model_name}') is not supported by naiad yet")
+    """Unload a model of this server (explicit model control mode only); raises `TritonModelException`."""
+    caller = _control_caller("unload_model", model_name)
+    try:
+        caller.unload(model_name, unload_dependents)
+    except ServerError as exc:
+        raise TritonModelException(exc.message) from None
 
 
 def is_model_ready(model_name: str, model_version: str = "") -> bool:
-    """Triton's model readiness API, which naiad does not offer to models yet: raises."""
-    raise TritonModelException(f"pb_utils.is_model_ready('{model_name}') is not supported by naiad yet")
+    """Whether a model (version) of this server can serve requests now."""
+    if _caller is None:
+        raise TritonModelException("pb_utils.is_model_ready works only inside a model served by naiad")
+    return _caller.is_ready(model_name, model_version)
+
+
+def _control_caller(call: str, model_name: str) -> ModelCaller:
+    if _caller is None:
+        raise TritonModelException(f"pb_utils.{call} works only inside a model served by naiad")
+    if getattr(_state, "initializing", False):
+        # initialize() runs inside a load; a load from there would wait for that load to finish
+        raise TritonModelException(
+            f"pb_utils.{call}('{model_name}') cannot be called from initialize() in naiad; call it from execute()"
+        )
+    return _caller

@@ -644,8 +644,6 @@ def test_errors_requests_and_responses() -> None:
 def test_unsupported_apis_raise_clearly(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(pb_utils.TritonModelException, match="not supported by naiad yet"):
         pb_utils.MetricFamily("m", "d", pb_utils.MetricFamily.COUNTER)
-    with pytest.raises(pb_utils.TritonModelException, match="not supported by naiad yet"):
-        pb_utils.load_model("m")
     with caplog.at_level(logging.DEBUG, logger="naiad.model"):
         pb_utils.Logger.log_info("hello")
         pb_utils.Logger.log("careful", pb_utils.Logger.WARNING)

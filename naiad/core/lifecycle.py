@@ -257,8 +257,12 @@ class ModelManager:
         for name in plain:
             for dependent in self._dependents(name):
                 ensemble = self._records[dependent]
-                if dependent not in prepared and ensemble.serving and ensemble.loaded is not None:
+                if dependent in prepared:
+                    continue
+                if ensemble.serving and ensemble.loaded is not None:
                     self._swap_ensemble(ensemble, ensemble.loaded)
+                else:  # it may have failed for want of this model: the next poll tries it again
+                    ensemble.tried = None
 
     async def _limited_swap(self, record: ModelRecord, prepared: Prepared, force: bool) -> None:
         async with self._loads:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from naiad.core.stores.local import model_folder_evidence
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:
@@ -26,10 +28,8 @@ def inspect_layout(repositories: tuple[str, ...]) -> list[Finding]:
             findings.append(Finding(repository, "not a directory", "give the repository folder's path", True))
             continue
         entries = [entry for entry in sorted(root.iterdir()) if not entry.name.startswith(".")]
-        # a digit-named folder holding a model file is a version: the path names a model folder
-        versions_here = [e.name for e in entries if e.is_dir() and e.name.isdigit() and any(e.glob("model.*"))]
-        if (root / "config.pbtxt").is_file() or versions_here:
-            held = "config.pbtxt" if (root / "config.pbtxt").is_file() else f"version folder '{versions_here[0]}'"
+        held = model_folder_evidence(root)
+        if held is not None:
             findings.append(
                 Finding(
                     repository,

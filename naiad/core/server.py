@@ -82,6 +82,8 @@ class InferenceServer:
         manager = self._manager
         manager.bind(_Caller(self, self._loop), self.submit)
         names = await manager.scan()
+        if not names:
+            logger.warning("no model folders in %s", ", ".join(self.settings.model_repositories))
         if self.settings.model_control_mode == "explicit" and "*" not in self.settings.load_models:
             missing = [name for name in self.settings.load_models if name not in names]
             names = [name for name in self.settings.load_models if name in names]

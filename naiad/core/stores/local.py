@@ -7,6 +7,17 @@ from pathlib import Path
 from naiad.core.stores.base import Fingerprint, StoreError, relative_files
 
 
+def model_folder_evidence(folder: Path) -> str | None:
+    """What shows that a folder given as a repository is a model folder (its config.pbtxt, or a digit-named folder
+    holding a model file), or None."""
+    if (folder / "config.pbtxt").is_file():
+        return "config.pbtxt"
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and entry.name.isdigit() and any(entry.glob("model.*")):
+            return f"version folder '{entry.name}'"
+    return None
+
+
 class LocalStore:
     """A repository folder on this machine."""
 
@@ -15,6 +26,12 @@ class LocalStore:
         self.root = Path(uri)
         if not self.root.is_dir():
             raise StoreError(f"failed to stat model repository path '{uri}': not a directory")
+        held = model_folder_evidence(self.root)
+        if held is not None:
+            raise StoreError(
+                f"model repository '{uri}' is a model folder (it holds {held}), not a repository: point "
+                f"--model-repository at the folder that holds it: {self.root.resolve().parent}"
+            )
 
     @property
     def uri(self) -> str:

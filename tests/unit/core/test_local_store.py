@@ -66,6 +66,12 @@ def test_fetch_is_the_folder_itself_and_release_keeps_it(repository: Path) -> No
     assert folder.is_dir()
 
 
+def test_a_model_folder_given_as_the_repository_is_refused_naming_the_fix(repository: Path) -> None:
+    with pytest.raises(StoreError, match=r"is a model folder \(it holds config.pbtxt\)") as caught:
+        LocalStore(str(repository / "m"))
+    assert str(repository.resolve()) in str(caught.value)
+
+
 def test_schemes(tmp_path: Path, repository: Path) -> None:
     assert isinstance(open_store(str(repository), tmp_path), LocalStore)
     with pytest.raises(StoreError, match="not a directory"):

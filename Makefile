@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch's CPU build first, pinned, so that the torch extra never pulls a CUDA build from the registry
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,torch,onnx,s3]'
+	$(BIN)/python -m pip install -q -e '.[dev,torch,onnx,s3,gcs,azure]'
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from naiad.core.stores.base import Fingerprint, StoreError
+from naiad.core.stores.base import StoreError
+from naiad.core.stores.objects import ObjectLocation, ObjectStore
 
 URI_FORMS = "s3://bucket/path, s3://host:port/bucket/path or s3://https://host:port/bucket/path"
 
@@ -34,22 +31,12 @@ _GONE = {"NoSuchKey", "404"}
 
 
 @dataclass(frozen=True)
-class S3Location:
-    """What a repository URI names: the endpoint (None: boto3's own configuration), the bucket and the folder in it."""
+class S3Location(ObjectLocation):
+    """What a repository URI names: the endpoint (None: boto3's own configuration), the bucket and the folder in it;
+    `base` is the URI up to the bucket name included: "s3://bucket", "s3://host:port/bucket"."""
 
-    base: str  # the URI up to the bucket name included: "s3://bucket", "s3://host:port/bucket"
     endpoint: str | None
     bucket: str
-    folders: tuple[str, ...]  # the path inside the bucket, empty for its root
-
-    @property
-    def prefix(self) -> str:
-        """The key prefix of the repository folder: "" for the bucket root, else "path/"."""
-        return "".join(f"{folder}/" for folder in self.folders)
-
-    def uri_of(self, folders: tuple[str, ...]) -> str:
-        """The URI of another folder of the same bucket, written in the same form."""
-        return "/".join((self.base, *folders))
 
 
 def parse_s3_uri(uri: str) -> S3Location:
@@ -100,13 +87,11 @@ def _import_sdk() -> _Sdk:
         raise StoreError(f"s3:// model repositories need boto3: pip install 'naiad[s3]' ({exc})") from exc
 
 
-class S3Store:
+class S3Store(ObjectStore[S3Location]):
     """A repository under a bucket prefix; `fetch` copies one model's files into a fresh folder under `cache`."""
 
     def __init__(self, uri: str, cache: Path) -> None:
-        self._uri = uri
-        self._cache = cache.resolve()
-        self._where = parse_s3_uri(uri)
+        super().__init__(uri, cache, parse_s3_uri(uri))
         self._sdk = _import_sdk()
         # A private endpoint is addressed by path (MinIO has no per-bucket host names); AWS keeps boto3's default.
         style = {"s3": {"addressing_style": "path"}} if self._where.endpoint else {}
@@ -119,103 +104,7 @@ class S3Store:
         self._endpoint: str = self._client.meta.endpoint_url
         self._check_layout()
 
-    @property
-    def uri(self) -> str:
-        """The URI as given."""
-        return self._uri
-
-    def models(self) -> list[str]:
-        """The model folders directly under the repository path (hidden ones skipped)."""
-        folders, _ = self._children(self._where.prefix, "list")
-        return folders
-
-    def fingerprint(self, model: str) -> Fingerprint:
-        """Size and ETag of every object of the model's folder, and each top-level folder as `name/`."""
-        base = self._model_prefix(model)
-        found: dict[str, str] = {}
-        for item in self._objects(base, f"fingerprint model '{model}' in"):
-            relative: str = item["Key"][len(base) :]
-            parts = relative.split("/")
-            if not relative or _skipped(parts[0]):
-                continue
-            if len(parts) > 1:
-                found[f"{parts[0]}/"] = "folder"
-            # a key ending in "/" is a folder marker, no file
-            if not relative.endswith("/") and not any(_skipped(part) for part in parts):
-                etag = str(item["ETag"]).strip('"')
-                found[relative] = f"{item['Size']}:{etag}"
-        return dict(sorted(found.items()))
-
-    def fetch(self, model: str, fingerprint: Fingerprint) -> Path:
-        """A folder under the cache holding the files `fingerprint` lists, downloaded once and reused after."""
-        base = self._model_prefix(model)
-        for relative in fingerprint:
-            self._check_relative(model, relative)
-        folder = self._cache / f"{model}-{self._digest(model, fingerprint)}"
-        if folder.is_dir():  # only ever renamed into place complete
-            return folder
-        try:
-            self._cache.mkdir(parents=True, exist_ok=True)
-            partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=self._cache))
-            try:
-                self._download(model, base, fingerprint, partial)
-                self._move_into_place(partial, folder)
-            finally:
-                shutil.rmtree(partial, ignore_errors=True)
-        except OSError as exc:
-            raise StoreError(f"cannot copy model '{model}' of '{self._uri}' into {self._cache}: {exc}") from exc
-        return folder
-
-    def release(self, folder: Path) -> None:
-        """Delete a copy `fetch` made; a folder that is not directly under the cache is left alone."""
-        target = folder.resolve()
-        if target.parent == self._cache and target.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-
-    def _check_layout(self) -> None:
-        """One listing at start: wrong credentials, a missing bucket or a misplaced path fail here, clearly."""
-        folders, files = self._children(self._where.prefix, "open")
-        problem = self._layout_problem(folders, files)
-        if problem:
-            raise StoreError(f"model repository '{self._uri}': {problem}")
-
-    def _layout_problem(self, folders: list[str], files: list[str]) -> str | None:
-        where = self._where.uri_of(self._where.folders)
-        if "config.pbtxt" in files:
-            return self._model_folder_problem("config.pbtxt")
-        for folder in filter(str.isdigit, folders):
-            inner_folders, inner_files = self._children(f"{self._where.prefix}{folder}/", "open")
-            weights = [name for name in inner_files + inner_folders if name.startswith("model.")]
-            if weights:
-                return self._model_folder_problem(f"{folder}/{weights[0]}")
-        weights = [name for name in files + folders if name.startswith("model.")]
-        if weights and len(self._where.folders) >= 2 and self._where.folders[-1].isdigit():
-            repository = self._where.uri_of(self._where.folders[:-2])
-            return (
-                f"this is a version folder of model '{self._where.folders[-2]}' (it holds {weights[0]}), not a "
-                f"repository: point the URI at the folder holding the model folders: {repository}"
-            )
-        if folders:
-            return None
-        if not files:
-            return f"nothing is stored under {where} (check the bucket and the path): it holds no model folders"
-        shown = ", ".join(files[:5])
-        return f"it holds no model folders, only files ({shown}): a repository holds one folder per model"
-
-    def _model_folder_problem(self, evidence: str) -> str:
-        folders = self._where.folders
-        if not folders:
-            return (
-                f"this is a model folder (it holds {evidence}), not a repository of model folders: move the model's "
-                f"files into a folder named after the model, {self._where.base}/<model>/, and keep this URI"
-            )
-        return (
-            f"this is a model folder (it holds {evidence}), not a repository of model folders: point the URI at its "
-            f"parent: {self._where.uri_of(folders[:-1])}"
-        )
-
-    def _children(self, prefix: str, doing: str) -> tuple[list[str], list[str]]:
-        """The folder and file names directly under a prefix, hidden ones skipped, each list sorted."""
+    def _listing(self, prefix: str, doing: str) -> tuple[set[str], set[str]]:
         folders: set[str] = set()
         files: set[str] = set()
         pages = self._client.get_paginator("list_objects_v2")
@@ -223,50 +112,23 @@ class S3Store:
             for page in pages.paginate(Bucket=self._where.bucket, Prefix=prefix, Delimiter="/"):
                 folders.update(str(entry["Prefix"])[len(prefix) : -1] for entry in page.get("CommonPrefixes", []))
                 files.update(str(entry["Key"])[len(prefix) :] for entry in page.get("Contents", []))
-        return sorted(_visible(folders)), sorted(_visible(files))
+        return folders, files
 
-    def _objects(self, prefix: str, doing: str) -> Iterator[Mapping[str, Any]]:
-        """Every object under a prefix, at any depth."""
+    def _objects(self, prefix: str, doing: str) -> Iterator[tuple[str, str]]:
+        """Every object under a prefix with its size and ETag."""
         pages = self._client.get_paginator("list_objects_v2")
         with self._translated(doing):
             for page in pages.paginate(Bucket=self._where.bucket, Prefix=prefix):
-                yield from page.get("Contents", [])
+                for item in page.get("Contents", []):
+                    etag = str(item["ETag"]).strip('"')
+                    yield str(item["Key"]), f"{item['Size']}:{etag}"
 
-    def _download(self, model: str, base: str, fingerprint: Fingerprint, into: Path) -> None:
-        for relative in sorted(fingerprint):
-            target = into / relative
-            if relative.endswith("/"):
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with self._translated(f"fetch '{relative}' of model '{model}' from"):
-                self._client.download_file(self._where.bucket, base + relative, str(target))
+    def _download(self, key: str, target: Path, doing: str) -> None:
+        with self._translated(doing):
+            self._client.download_file(self._where.bucket, key, str(target))
 
-    @staticmethod
-    def _move_into_place(partial: Path, folder: Path) -> None:
-        try:
-            partial.rename(folder)
-        except OSError:
-            if not folder.is_dir():  # anything but another fetch of the same content finishing first
-                raise
-
-    def _model_prefix(self, model: str) -> str:
-        if not model or "/" in model or model.startswith(".") or "\0" in model:
-            raise StoreError(f"model repository '{self._uri}': '{model}' is not a model folder name")
-        return f"{self._where.prefix}{model}/"
-
-    def _check_relative(self, model: str, relative: str) -> None:
-        parts = relative.removesuffix("/").split("/")
-        if "\0" in relative or any(part in ("", ".", "..") for part in parts):
-            raise StoreError(
-                f"model repository '{self._uri}': refusing object '{relative}' of model '{model}': an empty, '.' or "
-                "'..' part of its path would put it outside the model's folder"
-            )
-
-    def _digest(self, model: str, fingerprint: Fingerprint) -> str:
-        """12 hex digits naming one content of one model of this repository."""
-        named = [self._endpoint, self._where.bucket, self._where.prefix, model, sorted(fingerprint.items())]
-        return hashlib.sha256(json.dumps(named).encode()).hexdigest()[:12]
+    def _origin(self) -> str:
+        return f"{self._endpoint}/{self._where.bucket}"
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
@@ -308,12 +170,3 @@ class S3Store:
             return f"the object is gone ({detail}): it was changed or deleted while the model was read"
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return f"{detail} (HTTP {status})" if status else str(exc)
-
-
-def _visible(names: set[str]) -> list[str]:
-    return [name for name in names if name and not _skipped(name)]
-
-
-def _skipped(name: str) -> bool:
-    """Hidden names and __pycache__ are no part of a repository, as on a local disk."""
-    return name.startswith(".") or name == "__pycache__"

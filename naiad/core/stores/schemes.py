@@ -17,4 +17,12 @@ def open_store(uri: str, cache: Path) -> Store:
         from naiad.core.stores.s3 import S3Store
 
         return S3Store(uri, cache)
+    if scheme == "gs":
+        from naiad.core.stores.gcs import GcsStore
+
+        return GcsStore(uri, cache)
+    if scheme == "as":
+        from naiad.core.stores.azure_blob import AzureBlobStore
+
+        return AzureBlobStore(uri, cache)
     raise StoreError(f"model repository '{uri}': unknown scheme '{scheme}://' (use a folder or s3://, gs://, as://)")

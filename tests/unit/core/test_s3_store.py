@@ -19,20 +19,8 @@ from naiad.core.stores.base import StoreError
 from naiad.core.stores.s3 import S3Store, parse_s3_uri
 from naiad.core.stores.schemes import open_store
 from tests.conftest import free_port
+from tests.object_repository import REPOSITORY
 from tests.s3_server import S3Server, running_s3_server
-
-REPOSITORY = {
-    "models/README.md": b"not a model",
-    "models/simple/config.pbtxt": b'name: "simple"\nbackend: "python"\n',
-    "models/simple/1/model.py": b"class TritonPythonModel:\n    pass\n",
-    "models/simple/2/": b"",  # an empty version folder, as a console's "create folder" leaves it
-    "models/simple/labels/classes.txt": b"cat\ndog\n",
-    "models/simple/.hidden": b"skipped",
-    "models/simple/3/.keep": b"skipped, but version folder 3 is there, as on a local disk",
-    "models/simple/1/__pycache__/model.cpython-311.pyc": b"skipped",
-    "models/other/config.pbtxt": b'name: "other"\n',
-    "models/.trash/config.pbtxt": b"skipped",
-}
 
 
 @pytest.fixture(scope="session")

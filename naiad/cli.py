@@ -12,52 +12,18 @@ from naiad import __version__
 from naiad.config.settings import BACKEND_SETTINGS, DEFAULT_QUANTILES, GrpcSettings, MetricsSettings, ServerSettings
 
 # tritonserver flags naiad does not implement yet: refused by name, never silently ignored.
-NOT_YET = frozenset(
-    [
-        "model-config-name",
-        "model-load-retry-count",
-        "model-namespacing",
-        "enable-peer-access",
-        "reuse-http-port",
-        "http-header-forward-pattern",
-        "http-thread-count",
-        "http-restricted-api",
-        "grpc-header-forward-pattern",
-        "grpc-infer-thread-count",
-        "grpc-infer-allocation-pool-size",
-        "grpc-max-response-pool-size",
-        "grpc-restricted-protocol",
-        "trace-config",
-        "trace-file",
-        "trace-level",
-        "trace-rate",
-        "trace-count",
-        "trace-log-frequency",
-        "cache-config",
-        "cache-directory",
-        "response-cache-byte-size",
-        "rate-limit",
-        "rate-limit-resource",
-        "pinned-memory-pool-byte-size",
-        "cuda-memory-pool-byte-size",
-        "cuda-virtual-address-size",
-        "min-supported-compute-capability",
-        "buffer-manager-thread-count",
-        "host-policy",
-        "model-load-gpu-limit",
-        "allow-client-shm",
-        "backend-directory",
-        "repoagent-directory",
-        "allow-sagemaker",
-        "sagemaker-port",
-        "sagemaker-safe-port-range",
-        "sagemaker-thread-count",
-        "allow-vertex-ai",
-        "vertex-ai-port",
-        "vertex-ai-thread-count",
-        "vertex-ai-default-model",
-    ]
-)
+NOT_YET = frozenset((
+    "model-config-name", "model-load-retry-count", "model-namespacing", "enable-peer-access", "reuse-http-port",
+    "http-header-forward-pattern", "http-thread-count", "http-restricted-api", "grpc-header-forward-pattern",
+    "grpc-infer-thread-count", "grpc-infer-allocation-pool-size", "grpc-max-response-pool-size",
+    "grpc-restricted-protocol", "trace-config", "trace-file", "trace-level", "trace-rate", "trace-count",
+    "trace-log-frequency", "cache-config", "cache-directory", "response-cache-byte-size", "rate-limit",
+    "rate-limit-resource", "pinned-memory-pool-byte-size", "cuda-memory-pool-byte-size",
+    "cuda-virtual-address-size", "min-supported-compute-capability", "buffer-manager-thread-count", "host-policy",
+    "model-load-gpu-limit", "allow-client-shm", "backend-directory", "repoagent-directory", "allow-sagemaker",
+    "sagemaker-port", "sagemaker-safe-port-range", "sagemaker-thread-count", "allow-vertex-ai", "vertex-ai-port",
+    "vertex-ai-thread-count", "vertex-ai-default-model",
+))  # fmt: skip
 
 _TRUE = frozenset({"true", "1", "on", "yes"})
 _FALSE = frozenset({"false", "0", "off", "no"})
@@ -592,6 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.load_model and args.model_control_mode != "explicit":
         parser.error("--load-model needs --model-control-mode=explicit")
+    if args.allow_model_file_override and args.model_control_mode != "explicit":
+        parser.error("--allow-model-file-override needs --model-control-mode=explicit")
     if "*" in args.load_model and len(args.load_model) > 1:
         parser.error("--load-model=* loads every model and must be the only --load-model")
     settings = settings_from(args)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -85,6 +86,8 @@ async def serve(settings: ServerSettings) -> int:
     await stop.wait()
     if polling is not None:
         polling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
 
     logger.info("shutting down: no longer ready; waiting up to %ds for requests in flight", settings.exit_timeout_secs)
     server.begin_exit()

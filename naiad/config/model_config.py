@@ -85,6 +85,7 @@ def build(raw: dict[str, Any], folder_name: str, gpus: tuple[int, ...] = ()) -> 
     if proto.model_transaction_policy.decoupled:
         raise invalid(f"decoupled models are not supported by naiad yet ({where})")
     filled = pbtxt.to_json(proto)
+    check_file_names(filled, where)
 
     batching = _dynamic_batching(filled.get("dynamic_batching"), proto.max_batch_size, where)
     return ModelConfig(
@@ -104,6 +105,27 @@ def build(raw: dict[str, Any], folder_name: str, gpus: tuple[int, ...] = ()) -> 
         raw=MappingProxyType(copy.deepcopy(filled)),
         ensemble_steps=tuple(_ensemble_step(item) for item in filled.get("ensemble_scheduling", {}).get("step", [])),
     )
+
+
+def check_file_names(raw: dict[str, Any], where: str) -> None:
+    """Every file a config (Triton's JSON form) names must lie inside the model's folder: a config may come from a
+    load request, and a path like `/etc/passwd` or `../../x.pt` would make the server read, import or unpickle any
+    file. Checked before auto-complete, which already opens the model file."""
+    named = [("default_model_filename", raw.get("default_model_filename", ""))]
+    cc_files = raw.get("cc_model_filenames", {})
+    if isinstance(cc_files, dict):  # a malformed config is refused later, with its own message
+        named += [(f"cc_model_filenames['{key}']", value) for key, value in cc_files.items()]
+    outputs = raw.get("output", [])
+    if isinstance(outputs, list):
+        named += [
+            (f"label_filename of output '{o.get('name', '')}'", o.get("label_filename", ""))
+            for o in outputs
+            if isinstance(o, dict)
+        ]
+    for field_name, value in named:
+        text = str(value or "")
+        if text.startswith(("/", "\\")) or "\0" in text or ".." in text.replace("\\", "/").split("/"):
+            raise invalid(f"{field_name} '{text}' of {where} must name a file inside the model folder")
 
 
 def _place(group: Any, gpus: tuple[int, ...], model: str) -> bool:

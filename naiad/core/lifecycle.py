@@ -8,9 +8,10 @@ reload that fails leaves the previous versions serving, with the failure as the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ class ModelManager:
         self._loads = asyncio.Semaphore(max(1, load_threads))
         self._control = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()  # replaced versions finishing their requests
+        self._folders: dict[Path, Store] = {}  # fetched folders not yet released, and the store that fetched each
+        self._pending: set[Path] = set()  # folders fetched by the control operation running now
+        self._closing = False
         self._caller: ModelCaller | None = None
         self._submit: Submit | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,17 +115,18 @@ class ModelManager:
     # Loading and unloading: one control operation at a time; within one, models load in parallel
 
     async def load_all(self, names: list[str]) -> None:
-        """Load these models at start-up; failures are recorded, not raised."""
-        async with self._control:
+        """Load these models at start-up (and the models the ensembles among them are made of); failures are
+        recorded, not raised."""
+        async with self._operation():
             await self._load_many(names, force=True)
 
     async def poll(self) -> None:
         """Poll mode: load new models, reload changed ones, unload those whose folder is gone."""
-        async with self._control:
+        async with self._operation():
             names = await self.scan()
             gone = [name for name, record in self._records.items() if not record.stores]
             for name in gone:
-                self._begin_unload(name, unload_dependents=False, forget=True)
+                self._begin_unload(name, unload_dependents=False, forget=True, seen=set())
             await self._load_many(names, force=False)
 
     async def load(
@@ -129,14 +134,18 @@ class ModelManager:
     ) -> None:
         """Explicit mode: load or reload one model, and first the models an ensemble is made of when they are not
         loaded; raises `ServerError` when it does not end up serving the new load. `files` (a load request's
-        `file:` parameters, by path in the model folder) replace the repository's folder until a load without them."""
-        async with self._control:
+        `file:` parameters, by path in the model folder) replace the repository's folder until a load without them.
+        An `override` is kept for later loads once a load with it succeeds."""
+        async with self._operation():
             existing = self._records.get(name)
             if existing is not None:
                 existing.inline = None
             if files is not None:
                 await self._write_inline(name, override, files)
-            await self.scan()
+            try:
+                await self.scan()
+            except StoreError as exc:
+                raise unavailable(f"failed to load '{name}': {exc}") from None
             record = self._records.get(name)
             if record is None or not record.stores:
                 where = ", ".join(store.uri for store in self._stores)
@@ -144,28 +153,15 @@ class ModelManager:
                     f"failed to load '{name}', failed to poll from model repository: no model folder '{name}' in "
                     f"{where}"
                 )
+            kept = record.override
             if override is not None:
                 record.override = override
-            prepared: dict[str, Prepared] = {}
-            wanted = [name]
-            while wanted:
-                current = self._records.get(wanted.pop())
-                if current is None or current.name in prepared:
-                    continue
-                ready = await self._prepare(current, force=current is record)
-                if ready is None:
-                    continue
-                prepared[current.name] = ready
-                wanted.extend(
-                    step.model_name
-                    for step in ready.config.ensemble_steps
-                    if step.model_name in self._records and not self._records[step.model_name].serving
-                )
-            await self._install_all(prepared, force=True)
-        if not record.serving:
-            raise invalid(f"load failed for model '{name}': {self._why(record)}")
-        if record.reason:  # a reload failed: the previous versions serve on
-            raise invalid(f"load failed for model '{name}': {record.reason}")
+            await self._load_many([name], force=True)
+            failure = "" if record.serving else self._why(record)
+            failure = failure or record.reason  # a reload failed: the previous versions serve on
+            if failure:
+                record.override = kept
+                raise invalid(f"load failed for model '{name}': {failure}")
 
     async def _write_inline(self, name: str, override: Mapping[str, Any] | None, files: Mapping[str, bytes]) -> None:
         if override is None:
@@ -180,47 +176,84 @@ class ModelManager:
                 f"failed to load '{name}': the file path '{exc}' must stay inside the model folder (a relative "
                 "path without '..')"
             ) from None
+        except OSError as exc:
+            raise invalid(f"failed to load '{name}': its files could not be written: {exc}") from None
+        folder = inline.fetch(name, {})
+        self._folders[folder] = inline
+        self._pending.add(folder)
         record = self._records.setdefault(name, ModelRecord(name))
         record.inline = inline
         record.stores = [inline]
 
-    async def unload(self, name: str, unload_dependents: bool) -> None:
+    async def unload(self, name: str, unload_dependents: bool, wait: bool = True) -> None:
         """Explicit mode: unload every version of a model once the requests it holds are answered (and, if asked,
-        every ensemble that uses it). Returns when they are unloaded; the wait is outside the control lock, so a
-        model still answering may load or unload others meanwhile."""
-        async with self._control:
-            unloading = self._begin_unload(name, unload_dependents, forget=False)
-        await asyncio.gather(*unloading)
+        every ensemble that uses it). With `wait`, returns when they are unloaded; the wait is outside the control
+        lock, so a model still answering may load or unload others meanwhile. A model unloading another, or
+        itself, must not wait: the unload waits for the request making it."""
+        async with self._operation():
+            unloading = self._begin_unload(name, unload_dependents, forget=False, seen=set())
+        if wait:
+            await asyncio.wait(unloading)
 
-    def _begin_unload(self, name: str, unload_dependents: bool, forget: bool) -> list[asyncio.Task[None]]:
+    def _begin_unload(
+        self, name: str, unload_dependents: bool, forget: bool, seen: set[str]
+    ) -> list[asyncio.Task[None]]:
         """Stop routing requests to the model at once; its versions unload in the background once settled."""
         record = self._records.get(name)
         if record is None:
             raise not_found(f"failed to unload '{name}': no model of that name in the repository")
+        seen.add(name)
         record.wanted = False
         record.tried = None
         retiring = record.serving
         for version in retiring:
             version.state = ModelState.UNLOADING
         record.latest = None
-        unloading = [self._retire_in_background(record, retiring, record.loaded)]
         record.loaded = None
         record.reason = ""
+        unloading = [self._retire_in_background(record, retiring)]
         if forget:
             del self._records[name]
         if unload_dependents:
             for dependent in self._dependents(name):
-                unloading += self._begin_unload(dependent, unload_dependents=True, forget=False)
+                if dependent not in seen:
+                    unloading += self._begin_unload(dependent, True, forget=False, seen=seen)
         return unloading
 
+    @contextlib.asynccontextmanager
+    async def _operation(self) -> AsyncIterator[None]:
+        """One control operation at a time; the folders it fetched and did not end up serving are released."""
+        if self._closing:
+            raise unavailable("Server exiting: models are no longer loaded or unloaded")
+        async with self._control:
+            try:
+                yield
+            finally:
+                self._pending.clear()
+                self._release_unused()
+
     async def _load_many(self, names: list[str], force: bool) -> None:
-        records = [self._records[name] for name in names if name in self._records]
-        found = await asyncio.gather(*(self._prepare(record, force) for record in records))
-        await self._install_all({r.name: p for r, p in zip(records, found, strict=True) if p is not None}, force)
+        """Prepare the models (`force`: even unchanged ones), then the models the ensembles among them are made of
+        when those are not serving, and load them all."""
+        prepared: dict[str, Prepared] = {}
+        wanted = [self._records[name] for name in names if name in self._records]
+        while wanted:
+            found = await asyncio.gather(*(self._prepare(record, force) for record in wanted))
+            prepared.update({r.name: p for r, p in zip(wanted, found, strict=True) if p is not None})
+            attempted = {record.name for record in wanted}
+            missing = {
+                step.model_name
+                for ready in prepared.values()
+                for step in ready.config.ensemble_steps
+                if step.model_name in self._records and step.model_name not in prepared
+            }
+            wanted = [self._records[n] for n in sorted(missing - attempted) if not self._records[n].serving]
+            force = False
+        await self._install_all(prepared, force=True)
 
     async def _prepare(self, record: ModelRecord, force: bool) -> Prepared | None:
         """Fetch and read a model's folder; None when nothing changed since the last try (unless `force`) or it
-        cannot load (the reason is then recorded)."""
+        cannot load (the reason is then recorded; a store's failure is tried again at the next poll)."""
         record.wanted = True
         async with self._loads:
             try:
@@ -233,14 +266,24 @@ class ModelManager:
                     raise not_found(f"failed to poll from model repository: the folder of '{record.name}' is gone")
                 record.loading = True
                 folder = await asyncio.to_thread(store.fetch, record.name, fingerprint)
+                self._folders.setdefault(folder, store)
+                self._pending.add(folder)
                 prepared = await asyncio.to_thread(
                     self._preparer.prepare, record.name, folder, fingerprint, record.override
                 )
                 return dataclasses.replace(prepared, store=store)
-            except (ServerError, StoreError) as exc:
-                record.loading = False
-                self._failed(record, exc.message if isinstance(exc, ServerError) else str(exc))
-                return None
+            except ServerError as exc:
+                reason = exc.message
+            except StoreError as exc:
+                record.tried = None
+                reason = str(exc)
+            except Exception as exc:  # a folder changing under the scan, say: this model fails, not the operation
+                logger.exception("preparing model '%s' failed", record.name)
+                record.tried = None
+                reason = f"{type(exc).__name__}: {exc}"
+            record.loading = False
+            self._failed(record, reason)
+            return None
 
     async def _install_all(self, prepared: Mapping[str, Prepared], force: bool) -> None:
         """Load and serve the prepared models: plain ones in parallel, then ensembles over them in order; ensembles
@@ -286,7 +329,6 @@ class ModelManager:
             for version in fresh.values():
                 if version.state is ModelState.READY:
                     await version.unload()
-            self._release(prepared, unless=record.loaded)
             reasons = "; ".join(f"version {v.version}: {v.reason}" for v in failed)
             self._failed(record, reasons)
             return
@@ -314,7 +356,6 @@ class ModelManager:
     def _install(self, record: ModelRecord, prepared: Prepared, versions: dict[int, ModelVersion]) -> None:
         """Serve `versions` from now on; the ones they replace finish their requests and unload in the background."""
         retiring = [v for v in record.serving if versions.get(v.version) is not v]
-        previous = record.loaded
         for version in retiring:
             version.state = ModelState.UNLOADING
         unloaded = {v.version: v for v in record.versions.values() if v.state is not ModelState.READY}
@@ -324,29 +365,32 @@ class ModelManager:
         record.reason = ""
         record.refresh_latest()
         self._log_versions(record, versions)
-        if retiring or (previous is not None and previous.folder != prepared.folder):
-            self._retire_in_background(record, retiring, previous)
+        if retiring:
+            self._retire_in_background(record, retiring)
 
-    def _retire_in_background(
-        self, record: ModelRecord, retiring: list[ModelVersion], previous: Prepared | None
-    ) -> asyncio.Task[None]:
-        """Unload `retiring` once each has answered the requests it holds, then delete `previous`'s local copy
-        unless the model serves from it again."""
-        task = asyncio.get_running_loop().create_task(self._retire(record, retiring, previous))
+    def _retire_in_background(self, record: ModelRecord, retiring: list[ModelVersion]) -> asyncio.Task[None]:
+        """Unload `retiring` once each has answered the requests it holds, then release the folders nothing uses."""
+        task = asyncio.get_running_loop().create_task(self._retire(record, retiring))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         return task
 
-    async def _retire(self, record: ModelRecord, retiring: list[ModelVersion], previous: Prepared | None) -> None:
+    async def _retire(self, record: ModelRecord, retiring: list[ModelVersion]) -> None:
         await asyncio.gather(*(version.unload() for version in retiring))
         for version in retiring:
             logger.info("successfully unloaded '%s' version %d", record.name, version.version)
-        if previous is not None:
-            self._release(previous, unless=record.loaded)
+        self._release_unused()
 
-    def _release(self, prepared: Prepared, unless: Prepared | None = None) -> None:
-        if (unless is None or unless.folder != prepared.folder) and prepared.store is not None:
-            prepared.store.release(prepared.folder)
+    def _release_unused(self) -> None:
+        """Delete the local copies no version serves or finishes from, no model is loaded from, and the running
+        operation did not fetch (copies of identical content share one folder, so a folder is counted, not owned)."""
+        used = set(self._pending)
+        for record in self._records.values():
+            if record.loaded is not None:
+                used.add(record.loaded.folder)
+            used.update(v.folder for v in record.versions.values() if v.state is not ModelState.UNAVAILABLE)
+        for folder in [folder for folder in self._folders if folder not in used]:
+            self._folders.pop(folder).release(folder)
 
     def _failed(self, record: ModelRecord, reason: str) -> None:
         if record.serving:
@@ -483,19 +527,20 @@ class ModelManager:
                 entries.append(entry)
         return entries
 
-    async def unload_all(self) -> None:
-        """Unload every loaded version (Triton's `finalize` on each instance)."""
-        if self._retiring:
-            await asyncio.gather(*self._retiring)
-        loaded = [
-            v for record in self._records.values() for v in record.versions.values() if v.state is ModelState.READY
-        ]
-        for record in self._records.values():
-            record.latest = None
-        await asyncio.gather(*(version.unload() for version in loaded))
-        for record in self._records.values():
-            if record.loaded is not None:
-                self._release(record.loaded)
+    async def unload_all(self, timeout: float) -> None:
+        """At exit: refuse further control operations, wait for the running one, give versions being replaced up to
+        `timeout` seconds to finish, then unload every loaded version (Triton's `finalize` on each instance)."""
+        self._closing = True
+        async with self._control:
+            if self._retiring:
+                await asyncio.wait(set(self._retiring), timeout=timeout)
+            loaded = [v for r in self._records.values() for v in r.versions.values() if v.state is ModelState.READY]
+            for record in self._records.values():
+                record.latest = None
+            await asyncio.gather(*(version.unload() for version in loaded))
+            for record in self._records.values():
+                record.loaded = None
+            self._release_unused()
 
 
 def parse_version(text: str) -> int:

@@ -51,6 +51,7 @@ class ModelVersion:
     runners: tuple[InstanceRunner, ...] = ()
     load_seconds: float = 0.0  # how long the last successful load took
     _serving: Serving | None = None
+    _unloading: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -119,7 +120,13 @@ class ModelVersion:
         self.state = ModelState.READY
 
     async def unload(self) -> None:
-        """Stop taking requests, let those already queued or executing finish, then finalize every instance."""
+        """Stop taking requests, let those already queued or executing finish, then finalize every instance. Once
+        only, however many ask; a caller that stops waiting does not stop it."""
+        if self._unloading is None:
+            self._unloading = asyncio.get_running_loop().create_task(self._unload())
+        await asyncio.shield(self._unloading)
+
+    async def _unload(self) -> None:
         self.state = ModelState.UNLOADING
         if self._serving is not None:
             await self._serving.scheduler.settle()

@@ -49,6 +49,7 @@ class Preparer:
         on_disk = versions_on_disk(fingerprint)
         config_path = folder / "config.pbtxt"
         raw = dict(override) if override is not None else _read_config(config_path)
+        model_config.check_file_names(raw, f"model '{name}'")
         backend_name = model_config.backend_name(raw) or _backend_from_files(folder, on_disk)
         backend = None if backend_name == "ensemble" else get_backend(backend_name, name)
         if backend is not None and not raw.get("backend") and not raw.get("platform"):

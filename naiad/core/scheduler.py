@@ -229,11 +229,13 @@ class Scheduler:
 
         def done(outcome: Outcome, start: int, end: int) -> None:
             self._idle.append(runner)
-            self._finish(sequence, batch, outcome, dispatched, start, end)
-            if self._queue or self._delayed:
-                self._dispatch()
-            elif self._settled:
-                self._wake_settled()
+            try:
+                self._finish(sequence, batch, outcome, dispatched, start, end)
+            finally:  # whatever a result callback raised, the queue moves on
+                if self._queue or self._delayed:
+                    self._dispatch()
+                elif self._settled:
+                    self._wake_settled()
 
         runner.execute([pending.request for pending in batch], done)
 

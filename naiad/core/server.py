@@ -10,7 +10,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -75,6 +75,7 @@ class InferenceServer:
         self._unloading = False
         self._in_flight = 0
         self._drained: asyncio.Event | None = None
+        self._operations: set[asyncio.Task[None]] = set()  # loads and unloads being carried out
 
     async def start(self) -> list[tuple[str, str]]:
         """Load the models the control mode says to; returns the (model, reason) of each failure."""
@@ -250,15 +251,24 @@ class InferenceServer:
                         "server with --allow-model-file-override=true"
                     )
                 files[key.removeprefix("file:")] = _file_content(name, key, value)
-        await self._manager.load(name, override, files or None)
+        await self._carry_out(self._manager.load(name, override, files or None))
 
-    async def unload_model(self, name: str, parameters: Mapping[str, Any]) -> None:
-        """Explicit mode: unload a model (and with `unload_dependents`, the ensembles over it). Raises `ServerError`."""
+    async def unload_model(self, name: str, parameters: Mapping[str, Any], wait: bool = True) -> None:
+        """Explicit mode: unload a model (and with `unload_dependents`, the ensembles over it); with `wait`, return
+        once it is unloaded. Raises `ServerError`."""
         self._check_control(name)
         dependents = parameters.get("unload_dependents", False)
         if not isinstance(dependents, bool):
             raise invalid("Unable to parse 'unload_dependents', expecting a boolean")
-        await self._manager.unload(name, dependents)
+        await self._carry_out(self._manager.unload(name, dependents, wait))
+
+    async def _carry_out(self, operation: Coroutine[Any, Any, None]) -> None:
+        """Run a load or unload to its end even when the caller stops waiting (a gRPC deadline or cancel): half a
+        load would leave instances nobody unloads."""
+        task = asyncio.get_running_loop().create_task(operation)
+        self._operations.add(task)
+        task.add_done_callback(self._operations.discard)
+        await asyncio.shield(task)
 
     def _check_control(self, name: str) -> None:
         mode = self.settings.model_control_mode
@@ -286,7 +296,7 @@ class InferenceServer:
         """Unload every model (Triton's `finalize` on each instance); later requests get 503."""
         self._exiting = True
         self._unloading = True
-        await self._manager.unload_all()
+        await self._manager.unload_all(timeout=self.settings.exit_timeout_secs)
         shutil.rmtree(self._cache, ignore_errors=True)
 
     @property
@@ -353,7 +363,8 @@ class _Caller:
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def unload(self, model_name: str, unload_dependents: bool) -> None:
-        coroutine = self._server.unload_model(model_name, {"unload_dependents": unload_dependents})
+        # no waiting: the unload waits for the requests of the model, and the request calling here is one of them
+        coroutine = self._server.unload_model(model_name, {"unload_dependents": unload_dependents}, wait=False)
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def is_ready(self, model_name: str, model_version: str) -> bool:

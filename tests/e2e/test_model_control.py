@@ -43,6 +43,16 @@ class TritonPythonModel:
 
 BROKEN = "this is not python\n"
 
+PIPE = """
+name: "pipe"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "Y" data_type: TYPE_FP32 dims: [ -1 ] } ]
+ensemble_scheduling { step [ { model_name: "identity" model_version: -1
+  input_map { key: "INPUT0" value: "X" } output_map { key: "OUTPUT0" value: "Y" } } ] }
+"""
+
 
 def offset_model(repository: Path, name: str, offset: float, versions: tuple[int, ...] = (1,)) -> Path:
     return write_model(
@@ -168,6 +178,14 @@ def test_load_with_a_config_override_and_a_failed_load(naiad: ServerFactory, tmp
     assert ready == ["1"]
     assert output(infer(server, "model", version="1")) == 2.0
 
+    for field, value in (("default_model_filename", "/etc/passwd"), ("default_model_filename", "../../x.py")):
+        escaping = json.dumps({**config, field: value})
+        refused = requests.post(
+            server.url + "/v2/repository/models/model/load", json={"parameters": {"config": escaping}}, timeout=60
+        )
+        assert refused.status_code == 400 and "must name a file inside the model folder" in refused.text, value
+    assert output(infer(server, "model", version="1")) == 2.0
+
     (repository / "model" / "1" / "model.py").write_text(BROKEN)
     failed = requests.post(server.url + "/v2/repository/models/model/load", timeout=60)
     assert failed.status_code == 400 and "load failed for model 'model'" in failed.json()["error"]
@@ -180,17 +198,7 @@ def test_explicit_mode_over_grpc_with_names_checked_and_dependents(naiad: Server
     repository = tmp_path / "models"
     write_model(repository, "identity", identity_config("identity", "TYPE_FP32", batch=8), IDENTITY)
     (repository / "pipe" / "1").mkdir(parents=True)
-    (repository / "pipe" / "config.pbtxt").write_text(
-        textwrap.dedent("""
-        name: "pipe"
-        platform: "ensemble"
-        max_batch_size: 8
-        input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
-        output [ { name: "Y" data_type: TYPE_FP32 dims: [ -1 ] } ]
-        ensemble_scheduling { step [ { model_name: "identity" model_version: -1
-          input_map { key: "INPUT0" value: "X" } output_map { key: "OUTPUT0" value: "Y" } } ] }
-        """)
-    )
+    (repository / "pipe" / "config.pbtxt").write_text(PIPE)
     server = naiad.start(repository, "--model-control-mode=explicit", grpc=True)
     client = grpcclient.InferenceServerClient(server.grpc_address)
     assert not client.is_model_ready("pipe")
@@ -361,6 +369,8 @@ class TritonPythonModel:
                     return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))]
             elif op == 4:
                 return [pb_utils.InferenceResponse(error=pb_utils.TritonError(self.refused))]
+            elif op == 5:
+                pb_utils.unload_model("controller")  # itself: must not wait for this very request
             ready = np.array([[int(pb_utils.is_model_ready("target"))]], dtype=np.int32)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", ready)]))
         return responses
@@ -384,3 +394,37 @@ def test_a_python_model_loads_and_unloads_others_through_pb_utils(naiad: ServerF
     assert infer(server, "target").status_code != 200
     assert "failed to poll from model repository" in call(3).json()["error"]
     assert "cannot be called from initialize()" in call(4).json()["error"]
+    assert call(5).status_code == 200
+    wait_for(
+        lambda: {"name": "controller", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index(server),
+        "the controller to unload itself",
+    )
+
+
+SLOW_INIT = """
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(1.5)
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "INPUT0")]) for r in requests]
+"""
+
+
+def test_a_load_the_client_stops_waiting_for_still_completes(naiad: ServerFactory, tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    write_model(repository, "slow", identity_config("slow", "TYPE_FP32", batch=8), SLOW_INIT)
+    write_model(repository, "identity", identity_config("identity", "TYPE_FP32", batch=8), IDENTITY)
+    (repository / "pipe" / "1").mkdir(parents=True)
+    (repository / "pipe" / "config.pbtxt").write_text(PIPE)
+    server = naiad.start(repository, "--model-control-mode=explicit", "--load-model=pipe", grpc=True)
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    assert client.is_model_ready("identity"), "--load-model of an ensemble loads what its steps run on"
+    with pytest.raises(InferenceServerException, match="Deadline"):
+        client.load_model("slow", client_timeout=0.3)
+    wait_for(lambda: client.is_model_ready("slow"), "the load to complete anyway")
+    client.close()

@@ -84,3 +84,47 @@ def test_wrong_keys_stop_the_server_naming_the_repository(s3: S3Server, tmp_path
     assert result.returncode == 1
     assert uri in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+READS_ITS_FILE = """
+import os
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.path = os.path.join(args["model_repository"], args["model_version"], "offset.txt")
+
+    def execute(self, requests):
+        offset = float(open(self.path).read())  # read on every request: the copy must stay while it serves
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (pb_utils.get_input_tensor_by_name(r, "INPUT0")
+                                                                    .as_numpy() + offset).astype(np.float32))])
+            for r in requests
+        ]
+"""
+
+
+def test_a_kept_version_keeps_the_copy_it_serves_from(s3: S3Server, naiad: ServerFactory, tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    folder = offset_model(local, "files", 0.0)
+    config = (folder / "config.pbtxt").read_text() + "\nversion_policy: { all: {} }\n"
+    (folder / "config.pbtxt").write_text(config)
+    (folder / "1" / "model.py").write_text(READS_ITS_FILE)
+    (folder / "1" / "offset.txt").write_text("10")
+    s3.client().create_bucket(Bucket="kept")
+    upload(s3, "kept", "store", local)
+    server = naiad.start(
+        f"s3://{s3.address}/kept/store",
+        "--model-control-mode=poll",
+        "--repository-poll-secs=0.3",
+        env=aws_env(s3.admin.access_key, s3.admin.secret_key),
+    )
+    assert output(infer(server, "files", version="1")) == 11.0
+    client = s3.client()
+    client.put_object(Bucket="kept", Key="store/files/2/model.py", Body=READS_ITS_FILE.encode())
+    client.put_object(Bucket="kept", Key="store/files/2/offset.txt", Body=b"20")
+    wait_for(lambda: infer(server, "files", version="2").status_code == 200, "version 2 to load")
+    assert output(infer(server, "files", version="2")) == 21.0
+    assert output(infer(server, "files", version="1")) == 11.0, "version 1 was kept and must still find its files"

@@ -51,7 +51,8 @@ class PythonBackend:
             config = pb.ModelConfig({**raw, "name": name})
             pb._set_model_dir(str(version_dir))
             try:
-                completed = hook(config)
+                with pb._lifecycle_code():
+                    completed = hook(config)
             except (Exception, SystemExit) as exc:
                 raise _user_code_error(f"auto-complete failed for model '{name}'", exc) from None
             if not isinstance(completed, pb.ModelConfig):
@@ -118,11 +119,8 @@ class PythonModelInstance:
         self._execute = self._model.execute
         initialize = getattr(self._model, "initialize", None)
         if initialize is not None:
-            pb._state.initializing = True
-            try:
+            with pb._lifecycle_code():
                 self._await(initialize(args))
-            finally:
-                pb._state.initializing = False
 
     def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult | ServerError]:
         """Run the model's `execute` on the requests: one result, or error, per request."""
@@ -148,7 +146,8 @@ class PythonModelInstance:
         try:
             finalize = getattr(self._model, "finalize", None)
             if finalize is not None:
-                self._await(finalize())
+                with pb._lifecycle_code():
+                    self._await(finalize())
         except (Exception, SystemExit):
             _LOG.exception("finalize of model instance '%s' failed", self._instance_name)
         finally:

@@ -6,7 +6,8 @@ import enum
 import json
 import logging
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from naiad.backends.base import ModelCaller
@@ -567,9 +568,20 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
 def _control_caller(call: str, model_name: str) -> ModelCaller:
     if _caller is None:
         raise TritonModelException(f"pb_utils.{call} works only inside a model served by naiad")
-    if getattr(_state, "initializing", False):
-        # initialize() runs inside a load; a load from there would wait for that load to finish
+    if getattr(_state, "in_lifecycle", False):
+        # these run inside a load or unload; another one from there would wait for that one to finish
         raise TritonModelException(
-            f"pb_utils.{call}('{model_name}') cannot be called from initialize() in naiad; call it from execute()"
+            f"pb_utils.{call}('{model_name}') cannot be called from initialize(), finalize() or "
+            "auto_complete_config() in naiad; call it from execute()"
         )
     return _caller
+
+
+@contextmanager
+def _lifecycle_code() -> Iterator[None]:
+    """Mark this thread as running a model's initialize, finalize or auto_complete_config."""
+    _state.in_lifecycle = True
+    try:
+        yield
+    finally:
+        _state.in_lifecycle = False

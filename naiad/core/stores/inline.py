@@ -33,12 +33,16 @@ class InlineStore:
         self._root = Path(tempfile.mkdtemp(prefix=f"inline-{name}-", dir=cache))
         self._name = name
         folder = self._root / name
-        folder.mkdir()
-        for relative, content in checked.items():
-            target = folder.joinpath(*relative.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with target.open("xb") as file:  # a fresh folder: nothing to follow or overwrite
-                file.write(content)
+        try:
+            folder.mkdir()
+            for relative, content in checked.items():
+                target = folder.joinpath(*relative.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("xb") as file:  # a fresh folder: nothing to follow or overwrite
+                    file.write(content)
+        except BaseException:  # `a` and `a/b` both given, a name too long: nothing is left behind
+            shutil.rmtree(self._root, ignore_errors=True)
+            raise
 
     @property
     def uri(self) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import orjson
 
@@ -162,23 +164,27 @@ class HttpApp:
             if not isinstance(parameters, dict):
                 raise invalid("Unable to parse 'parameters': expected a JSON object")
             action = self.server.load_model if rest[2] == "load" else self.server.unload_model
-            task = asyncio.get_running_loop().create_task(action(rest[1], parameters))
-            self._control.add(task)
-
-            def answer(task: asyncio.Task[None]) -> None:
-                self._control.discard(task)
-                error = task.exception()
-                if error is None:
-                    respond(HttpReply(200, b""))
-                elif isinstance(error, ServerError):
-                    respond(_compressed(request, _error(error)))
-                else:
-                    logger.error("%s of model '%s' failed", rest[2], rest[1], exc_info=error)
-                    respond(HttpReply(500, orjson.dumps({"error": f"{rest[2]} of '{rest[1]}' failed: {error}"})))
-
-            task.add_done_callback(answer)
+            self._answer_when_done(request, respond, action(rest[1], parameters))
             return None
         raise not_found("Not Found")
+
+    def _answer_when_done(self, request: HttpRequest, respond: Respond, operation: Coroutine[Any, Any, None]) -> None:
+        """Carry out a load or unload and answer 200, or the error, when it is done."""
+        task = asyncio.get_running_loop().create_task(operation)
+        self._control.add(task)
+
+        def answer(task: asyncio.Task[None]) -> None:
+            self._control.discard(task)
+            error = task.exception()
+            if error is None:
+                respond(HttpReply(200, b""))
+            elif isinstance(error, ServerError):
+                respond(_compressed(request, _error(error)))
+            else:
+                logger.error("%s failed", request.path, exc_info=error)
+                respond(HttpReply(500, orjson.dumps({"error": f"{request.path} failed: {error}"})))
+
+        task.add_done_callback(answer)
 
 
 class MethodNotAllowedError(Exception):

@@ -90,6 +90,32 @@ def _check_step(name: str, step: EnsembleStep, model: ModelConfig, produced: Map
             )
 
 
+def load_order(steps: Mapping[str, set[str]]) -> tuple[list[str], dict[str, str]]:
+    """Ensembles (name -> the models their steps run) in an order where one made of other ensembles comes after
+    them, and each ensemble on a cycle with the cycle written out ("a -> b -> a"); those are left out of the order."""
+    ordered: list[str] = []
+    visiting: list[str] = []
+    cycles: dict[str, str] = {}
+
+    def visit(name: str) -> None:
+        if name in visiting:
+            cycle = [*visiting[visiting.index(name) :], name]
+            for member in cycle[:-1]:
+                cycles[member] = " -> ".join(cycle)
+            return
+        if name in ordered:
+            return
+        visiting.append(name)
+        for dependency in sorted(steps[name] & set(steps)):
+            visit(dependency)
+        visiting.pop()
+        ordered.append(name)
+
+    for name in sorted(steps):
+        visit(name)
+    return [name for name in ordered if name not in cycles], cycles
+
+
 class EnsembleScheduler:
     """Runs each request of an ensemble through its steps on the loop, with the server's own `submit`."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from naiad.backends.base import ModelCaller
 from naiad.config.devices import visible_gpus
-from naiad.core.ensemble import EnsembleScheduler, Submit, check_steps
+from naiad.core.ensemble import EnsembleScheduler, Submit, check_steps, load_order
 from naiad.core.model import ModelState, ModelVersion
 from naiad.core.preparation import Prepared, Preparer
 from naiad.core.stats import ModelStats
@@ -293,8 +293,12 @@ class ModelManager:
         ensembles = [self._records[name] for name, ready in prepared.items() if ready.backend is None]
         for record in ensembles:
             record.config = prepared[record.name].config
-        for record in _ensemble_order(ensembles, self._records):
-            self._swap_ensemble(record, prepared[record.name])
+        steps = {r.name: {step.model_name for step in prepared[r.name].config.ensemble_steps} for r in ensembles}
+        ordered, cycles = load_order(steps)
+        for name, cycle in cycles.items():
+            self._failed(self._records[name], f"circular dependency between ensembles: {cycle}")
+        for name in ordered:
+            self._swap_ensemble(self._records[name], prepared[name])
         for record in ensembles:
             record.loading = False
         for name in plain:
@@ -567,40 +571,6 @@ def _unchanged(record: ModelRecord, prepared: Prepared) -> dict[int, ModelVersio
         for v in record.serving
         if v.version in prepared.selected and before.get(v.version) == after.get(v.version)
     }
-
-
-def _ensemble_order(ensembles: list[ModelRecord], records: Mapping[str, ModelRecord]) -> list[ModelRecord]:
-    """Ensembles ordered so that one made of other ensembles comes after them; each ensemble on a cycle gets the
-    cycle as its reason and is left out."""
-    by_name = {record.name: record for record in ensembles}
-    steps = {
-        record.name: {step.model_name for step in record.config.ensemble_steps} if record.config else set()
-        for record in ensembles
-    }
-    ordered: list[str] = []
-    visiting: list[str] = []
-    cyclic: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in visiting:
-            cycle = [*visiting[visiting.index(name) :], name]
-            for member in cycle[:-1]:
-                records[member].reason = f"circular dependency between ensembles: {' -> '.join(cycle)}"
-                cyclic.add(member)
-            return
-        if name in ordered:
-            return
-        visiting.append(name)
-        for dependency in sorted(steps[name] & set(steps)):
-            visit(dependency)
-        visiting.pop()
-        ordered.append(name)
-
-    for name in sorted(by_name):
-        visit(name)
-    for name in sorted(cyclic):
-        logger.error("failed to load model '%s': %s", name, records[name].reason)
-    return [by_name[name] for name in ordered if name not in cyclic]
 
 
 __all__ = ["ModelManager", "ModelRecord", "parse_version"]

@@ -18,8 +18,8 @@ serve: $(STAMP)
 	$(BIN)/naiad serve --model-repository examples/models
 
 lint: $(STAMP)
-	$(BIN)/ruff check naiad tests examples bench
-	$(BIN)/ruff format --check naiad tests examples bench
+	$(BIN)/ruff check naiad tests examples bench deploy
+	$(BIN)/ruff format --check naiad tests examples bench deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -27,8 +27,8 @@ test: lint
 	$(BIN)/python -m pytest
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix naiad tests examples bench
-	$(BIN)/ruff format naiad tests examples bench
+	$(BIN)/ruff check --fix naiad tests examples bench deploy
+	$(BIN)/ruff format naiad tests examples bench deploy
 
 bench: $(STAMP)
 	$(BIN)/python bench/http_json.py

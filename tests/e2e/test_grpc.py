@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
@@ -22,6 +23,8 @@ from tritonclient.utils import InferenceServerException
 from tests import models
 from tests.conftest import RunningServer, ServerFactory
 from tests.grpc_inputs import add_sub_inputs, one_input
+
+Field = descriptor_pb2.FieldDescriptorProto
 
 A = np.arange(16, dtype=np.float32).reshape(1, 16)
 B = np.ones((1, 16), dtype=np.float32)
@@ -130,14 +133,48 @@ def test_extensions_naiad_lacks_are_unimplemented(stub: pb_grpc.GRPCInferenceSer
         expect_error(partial(call, request), grpc.StatusCode.UNIMPLEMENTED, fragment, "not supported by naiad")
 
 
+def health_list_response_class() -> Any:
+    """`grpc.health.v1.HealthListResponse`, built here from its .proto definition: grpcio-health-checking ships it
+    only from 1.85 on, which needs a protobuf that tritonclient does not allow."""
+    proto = descriptor_pb2.FileDescriptorProto(name="health_list.proto", package="grpc.health.v1", syntax="proto3")
+    response = proto.message_type.add(name="HealthCheckResponse")
+    response.field.add(name="status", number=1, type=Field.TYPE_INT32, label=Field.LABEL_OPTIONAL)
+    listing = proto.message_type.add(name="HealthListResponse")
+    entry = listing.nested_type.add(name="StatusesEntry", options=descriptor_pb2.MessageOptions(map_entry=True))
+    entry.field.add(name="key", number=1, type=Field.TYPE_STRING, label=Field.LABEL_OPTIONAL)
+    entry.field.add(
+        name="value",
+        number=2,
+        type=Field.TYPE_MESSAGE,
+        type_name=".grpc.health.v1.HealthCheckResponse",
+        label=Field.LABEL_OPTIONAL,
+    )
+    listing.field.add(
+        name="statuses",
+        number=1,
+        type=Field.TYPE_MESSAGE,
+        type_name=".grpc.health.v1.HealthListResponse.StatusesEntry",
+        label=Field.LABEL_REPEATED,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthListResponse"))
+
+
 def test_standard_health_service(server: RunningServer) -> None:
     with grpc.insecure_channel(server.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "inference.GRPCInferenceService", "add_sub", "anything"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
-        listed = health.List(health_pb2.HealthListRequest()).statuses
+        list_call = channel.unary_unary(
+            "/grpc.health.v1.Health/List",
+            request_serializer=lambda _: b"",
+            response_deserializer=health_list_response_class().FromString,
+        )
+        listed = list_call(None).statuses
         assert {"", "add_sub", "identity_bytes"} <= set(listed)
+        assert {entry.status for entry in listed.values()} == {health_pb2.HealthCheckResponse.SERVING}
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()

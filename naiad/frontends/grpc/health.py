@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from grpc_health.v1 import health_pb2
 
 from naiad.core.server import InferenceServer
@@ -51,10 +52,9 @@ class HealthService:
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Context) -> health_pb2.HealthCheckResponse:
         return health_pb2.HealthCheckResponse(status=self.status(request.service))
 
-    async def List(self, request: health_pb2.HealthListRequest, context: Context) -> health_pb2.HealthListResponse:
+    async def List(self, request: bytes, context: Context) -> dict[str, int]:
         names = ["", *(entry["name"] for entry in self.server.repository_index(ready_only=False))]
-        statuses = {name: health_pb2.HealthCheckResponse(status=self.status(name)) for name in dict.fromkeys(names)}
-        return health_pb2.HealthListResponse(statuses=statuses)
+        return {name: self.status(name) for name in dict.fromkeys(names)}
 
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: Context
@@ -76,7 +76,42 @@ class HealthService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._exiting.wait(), self.watch_interval)
 
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's three methods. List's messages are encoded here: grpcio-health-checking has them only from
+        1.85 on, which needs protobuf 7, and tritonclient pins protobuf below 7."""
+        check = health_pb2.HealthCheckRequest.FromString
+        reply = health_pb2.HealthCheckResponse.SerializeToString
+        methods = {
+            "Check": grpc.unary_unary_rpc_method_handler(self.Check, check, reply),
+            "List": grpc.unary_unary_rpc_method_handler(self.List, bytes, encode_list_response),
+            "Watch": grpc.unary_stream_rpc_method_handler(self.Watch, check, reply),
+        }
+        return grpc.method_handlers_generic_handler("grpc.health.v1.Health", methods)
+
     def _watch_over(self, call: Any) -> None:
         self._watchers -= 1
         if not self._watchers:
             self._no_watchers.set()
+
+
+def encode_list_response(statuses: dict[str, int]) -> bytes:
+    """`HealthListResponse{map<string, HealthCheckResponse> statuses = 1}` in protobuf's wire format: each entry is a
+    length-delimited field 1 holding key (field 1) and value (field 2)."""
+    encoded = bytearray()
+    for name, status in statuses.items():
+        value = health_pb2.HealthCheckResponse(status=status).SerializeToString()
+        encoded += _delimited(1, _delimited(1, name.encode()) + _delimited(2, value))
+    return bytes(encoded)
+
+
+def _delimited(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    encoded = bytearray()
+    while value > 0x7F:
+        encoded.append(value & 0x7F | 0x80)
+        value >>= 7
+    encoded.append(value)
+    return bytes(encoded)

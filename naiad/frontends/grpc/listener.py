@@ -8,7 +8,6 @@ import contextlib
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from naiad.config.settings import GrpcSettings
@@ -33,7 +32,7 @@ class GrpcListener:
         self._server = grpc.aio.server(options=channel_options(settings))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(server), self._server)
         self._health = HealthService(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self._server.add_generic_rpc_handlers((self._health.handler(),))
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self, port: int) -> int:

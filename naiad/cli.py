@@ -195,7 +195,7 @@ def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: `serve`; `check` and `export` for the way from a trained model to a served one."""
+    """The argument parser: `serve`; `check`, `export` and `push` for the way from a trained model to a served one."""
     parser = argparse.ArgumentParser(
         prog="naiad",
         description="A Triton-compatible inference server (KServe V2 / Open Inference Protocol).",
@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     _auto_complete_flags(check)
     _backend_config_flag(check)
     _export_parser(commands)
+    from naiad.tools.push import add_parser as push_parser
+
+    push_parser(commands)
     serve.add_argument("--log-format", choices=("default", "ISO8601"), default="default", help="log line format")
     serve.add_argument("--log-file", default="", help="write the log to this file instead of stderr")
     return parser
@@ -549,6 +552,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     if args.command == "export":
         return _run_export(args)
+    if args.command == "push":
+        from naiad.tools.push import run_push
+
+        return run_push(args, print)
     if args.command == "check":
         from naiad.tools.check import run_check
 

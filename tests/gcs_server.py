@@ -33,6 +33,16 @@ class GcsServer:
             project="naiad-tests", credentials=AnonymousCredentials(), client_options={"api_endpoint": self.url}
         )
 
+    def environment(self, folder: Path) -> dict[str, str]:
+        """What a naiad process needs to reach the emulator, and nothing of gcloud or a metadata server (`folder`
+        stands for an empty gcloud configuration)."""
+        return {
+            "STORAGE_EMULATOR_HOST": self.url,
+            "CLOUDSDK_CONFIG": str(folder / "no-gcloud"),
+            "GCE_METADATA_IP": f"127.0.0.1:{free_port()}",
+            "GCE_METADATA_HOST": f"127.0.0.1:{free_port()}",
+        }
+
 
 def emulator_command() -> list[str]:
     """The emulator's console script, installed beside this interpreter by `pip install gcp-storage-emulator`."""

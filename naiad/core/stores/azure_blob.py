@@ -22,7 +22,6 @@ _CREDENTIAL_HELP = (
     "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_AUTH_TYPE=managed_identity (a user-assigned identity: also "
     "AZURE_STORAGE_CLIENT_ID) or AZURE_STORAGE_AUTH_TYPE=default (azure-identity's DefaultAzureCredential)"
 )
-_ROLE = "the Storage Blob Data Reader role on the container or its account"
 # Codes of an answer that refuses the request for who sent it, as the service and Azurite give them.
 _REFUSED = {
     "AuthenticationFailed",
@@ -95,6 +94,7 @@ class _Sdk:
     service_client: Any  # azure.storage.blob.BlobServiceClient
     prefix_type: Any  # azure.storage.blob.BlobPrefix, what a delimited listing gives for a folder
     retry: Any  # azure.storage.blob.ExponentialRetry
+    content_settings: Any  # azure.storage.blob.ContentSettings, which carries an upload's MD5
     errors: Any  # azure.core.exceptions
 
 
@@ -106,6 +106,7 @@ def _import_sdk() -> _Sdk:
             service_client=blob.BlobServiceClient,
             prefix_type=blob.BlobPrefix,
             retry=blob.ExponentialRetry,
+            content_settings=blob.ContentSettings,
             errors=importlib.import_module("azure.core.exceptions"),
         )
     except ImportError as exc:
@@ -128,8 +129,13 @@ def _import_identity(uri: str, auth_type: str) -> Any:
 class AzureBlobStore(ObjectStore[AzureLocation]):
     """A repository under a container prefix; `fetch` copies one model's files into a fresh folder under `cache`."""
 
-    def __init__(self, uri: str, cache: Path) -> None:
-        super().__init__(uri, cache, parse_azure_uri(uri))
+    read_needs = "the Storage Blob Data Reader role on the container or its account"
+    write_needs = "the Storage Blob Data Contributor role on the container or its account"
+
+    def _locate(self, uri: str) -> AzureLocation:
+        return parse_azure_uri(uri)
+
+    def _connect(self) -> None:
         self._settings = AzureSettings.from_environment()
         self._sdk = _import_sdk()
         self._account = self._settings.account or self._where.account
@@ -137,7 +143,6 @@ class AzureBlobStore(ObjectStore[AzureLocation]):
         self._client: Any = self._open_client()
         self._endpoint = str(self._client.url).rstrip("/")
         self._container: Any = self._client.get_container_client(self._where.container)
-        self._check_layout()
 
     def _open_client(self) -> Any:
         """The service client: its endpoint from the connection string, else the account's public one."""
@@ -218,14 +223,32 @@ class AzureBlobStore(ObjectStore[AzureLocation]):
 
     def _objects(self, prefix: str, doing: str) -> Iterator[tuple[str, str]]:
         """Every blob under a prefix with its size and ETag, which changes whenever the blob is written."""
+        for blob in self._blobs(prefix, doing):
+            etag = str(blob.etag).strip('"')
+            yield str(blob.name), f"{blob.size}:{etag}"
+
+    def _contents(self, prefix: str, doing: str) -> Iterator[tuple[str, int, bytes | None]]:
+        """The MD5 is the blob's Content-MD5 property, which `naiad push` sets (other tools may not)."""
+        for blob in self._blobs(prefix, doing):
+            md5 = blob.content_settings.content_md5
+            yield str(blob.name), int(blob.size), bytes(md5) if md5 else None
+
+    def _blobs(self, prefix: str, doing: str) -> Iterator[Any]:
         with self._translated(doing, listing=True):
-            for blob in self._container.list_blobs(name_starts_with=prefix):
-                etag = str(blob.etag).strip('"')
-                yield str(blob.name), f"{blob.size}:{etag}"
+            yield from self._container.list_blobs(name_starts_with=prefix)
 
     def _download(self, key: str, target: Path, doing: str) -> None:
         with self._translated(doing, listing=False), target.open("wb") as file:
             self._container.download_blob(key).readinto(file)
+
+    def _upload(self, key: str, source: Path, md5: bytes, doing: str) -> None:
+        settings = self._sdk.content_settings(content_md5=bytearray(md5))
+        with self._translated(doing, listing=True), source.open("rb") as data:
+            self._container.upload_blob(key, data, overwrite=True, content_settings=settings)
+
+    def _delete(self, key: str, doing: str) -> None:
+        with self._translated(doing, listing=True):
+            self._container.delete_blob(key)
 
     def _origin(self) -> str:
         return f"{self._endpoint}/{self._where.container}"
@@ -280,7 +303,7 @@ class AzureBlobStore(ObjectStore[AzureLocation]):
                 "no credentials were given, so it was read anonymously, which only a container with public read "
                 f"access allows; {_CREDENTIAL_HELP}"
             )
-        return f"the identity whose token was sent needs {_ROLE}"
+        return f"the identity whose token was sent needs {self._needs}"
 
     def _anonymous_hint(self) -> str:
         if self._signed_by != "anonymous":
@@ -300,7 +323,7 @@ class AzureBlobStore(ObjectStore[AzureLocation]):
         client_id = f" (client ID {self._settings.client_id})" if self._settings.client_id else ""
         return (
             f"no token could be had from {source}{client_id} ({_first_line(exc)}): run where a managed identity is "
-            f"assigned, with {_ROLE}, or {_CREDENTIAL_HELP}"
+            f"assigned, with {self._needs}, or {_CREDENTIAL_HELP}"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import os
 from collections.abc import Iterator
@@ -19,7 +20,6 @@ _CREDENTIAL_HELP = (
     "set GOOGLE_APPLICATION_CREDENTIALS to a service account's JSON key file (or run `gcloud auth "
     "application-default login`), or run where a service account is attached (Compute Engine, GKE, Cloud Run)"
 )
-_PERMISSIONS = "storage.objects.list and storage.objects.get on it (the Storage Object Viewer role)"
 # How long one request may take, and how long a failing one is retried (connection errors, 429 and 5xx answers).
 _TIMEOUT_S = (10.0, 60.0)  # connect, read
 _RETRY_S = 30.0
@@ -71,14 +71,21 @@ def _import_sdk() -> _Sdk:
 class GcsStore(ObjectStore[GcsLocation]):
     """A repository under a bucket prefix; `fetch` copies one model's files into a fresh folder under `cache`."""
 
-    def __init__(self, uri: str, cache: Path) -> None:
-        super().__init__(uri, cache, parse_gcs_uri(uri))
+    read_needs = "storage.objects.list and storage.objects.get on it (the Storage Object Viewer role)"
+    write_needs = (
+        "storage.objects.list, storage.objects.create and storage.objects.delete on it (the Storage Object User "
+        "role): replacing an object deletes the old one"
+    )
+
+    def _locate(self, uri: str) -> GcsLocation:
+        return parse_gcs_uri(uri)
+
+    def _connect(self) -> None:
         self._sdk = _import_sdk()
         self._anonymous = False
         self._client: Any = self._open_client()
         self._endpoint = str(self._client.api_endpoint)
         self._retry: Any = self._sdk.retry.with_timeout(_RETRY_S)
-        self._check_layout()
 
     def _open_client(self) -> Any:
         """A client with the credentials Google's libraries find (GOOGLE_APPLICATION_CREDENTIALS, gcloud's login, an
@@ -111,16 +118,32 @@ class GcsStore(ObjectStore[GcsLocation]):
     def _objects(self, prefix: str, doing: str) -> Iterator[tuple[str, str]]:
         """Every object under a prefix with its size and MD5 (the generation for a composite object, which has
         none): both change when the object's content does."""
+        for blob in self._blobs(prefix, doing):
+            yield str(blob.name), f"{blob.size}:{blob.md5_hash or blob.generation}"
+
+    def _contents(self, prefix: str, doing: str) -> Iterator[tuple[str, int, bytes | None]]:
+        for blob in self._blobs(prefix, doing):
+            yield str(blob.name), int(blob.size or 0), base64.b64decode(blob.md5_hash) if blob.md5_hash else None
+
+    def _blobs(self, prefix: str, doing: str) -> Iterator[Any]:
         with self._translated(doing, listing=True):
-            for blob in self._client.list_blobs(
-                self._where.bucket, prefix=prefix, retry=self._retry, timeout=_TIMEOUT_S
-            ):
-                yield str(blob.name), f"{blob.size}:{blob.md5_hash or blob.generation}"
+            yield from self._client.list_blobs(self._where.bucket, prefix=prefix, retry=self._retry, timeout=_TIMEOUT_S)
 
     def _download(self, key: str, target: Path, doing: str) -> None:
         blob = self._client.bucket(self._where.bucket).blob(key)
         with self._translated(doing, listing=False):
             blob.download_to_filename(str(target), retry=self._retry, timeout=_TIMEOUT_S)
+
+    def _upload(self, key: str, source: Path, md5: bytes, doing: str) -> None:
+        blob = self._client.bucket(self._where.bucket).blob(key)
+        blob.md5_hash = base64.b64encode(md5).decode()  # the service refuses bytes that do not match it
+        with self._translated(doing, listing=True):  # a 404 here is the bucket
+            blob.upload_from_filename(str(source), retry=self._retry, timeout=_TIMEOUT_S)
+
+    def _delete(self, key: str, doing: str) -> None:
+        blob = self._client.bucket(self._where.bucket).blob(key)
+        with self._translated(doing, listing=True):
+            blob.delete(retry=self._retry, timeout=_TIMEOUT_S)
 
     def _origin(self) -> str:
         return f"{self._endpoint}/{self._where.bucket}"
@@ -166,7 +189,7 @@ class GcsStore(ObjectStore[GcsLocation]):
                 f"access to bucket '{bucket}' is denied ({_detail(exc)}): no Google credentials were found, so it was "
                 f"read anonymously, which only a public bucket allows; {_CREDENTIAL_HELP}"
             )
-        return f"access to bucket '{bucket}' is denied ({_detail(exc)}): the credentials in use need {_PERMISSIONS}"
+        return f"access to bucket '{bucket}' is denied ({_detail(exc)}): the credentials in use need {self._needs}"
 
 
 def _detail(exc: Any) -> str:

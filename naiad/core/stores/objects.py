@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from naiad.core.stores.base import Fingerprint, StoreError
 
@@ -36,16 +36,38 @@ class ObjectLocation:
 
 
 LocationT = TypeVar("LocationT", bound=ObjectLocation)
+StoreT = TypeVar("StoreT", bound="ObjectStore[Any]")
+
+# What an object holds, as `contents` tells it: its size, and the MD5 of its bytes where the service keeps one.
+Content = tuple[int, bytes | None]
 
 
 class ObjectStore(ABC, Generic[LocationT]):
     """A repository under a bucket prefix, whatever the service: `fetch` copies one model's files into a fresh folder
-    under `cache`. A subclass opens its client, calls `_check_layout`, and lists and downloads objects."""
+    under `cache`. A subclass parses its URI, opens its client, and lists, downloads, uploads and deletes objects."""
 
-    def __init__(self, uri: str, cache: Path, where: LocationT) -> None:
+    read_needs: ClassVar[str]  # the permissions that serving needs, for messages
+    write_needs: ClassVar[str]  # the permissions that `naiad push` needs
+
+    def __init__(self, uri: str, cache: Path) -> None:
+        """Open the repository for serving: one listing checks the credentials, the bucket and the layout."""
+        self._open(uri, cache, writing=False)
+        self._check_layout()
+
+    @classmethod
+    def for_writing(cls: type[StoreT], uri: str) -> StoreT:
+        """Open the path of `uri` for uploading (`naiad push`): the same URI forms, client and credentials as serving,
+        but the path may hold nothing yet, and failures name the write permissions. Such a store fetches nothing."""
+        store = cls.__new__(cls)
+        store._open(uri, Path(tempfile.gettempdir()), writing=True)
+        return store
+
+    def _open(self, uri: str, cache: Path, *, writing: bool) -> None:
         self._uri = uri
         self._cache = cache.resolve()
-        self._where = where
+        self._writing = writing
+        self._where = self._locate(uri)
+        self._connect()
 
     @property
     def uri(self) -> str:
@@ -98,6 +120,50 @@ class ObjectStore(ABC, Generic[LocationT]):
         target = folder.resolve()
         if target.parent == self._cache and target.is_dir():
             shutil.rmtree(target, ignore_errors=True)
+
+    def contents(self) -> dict[str, Content]:
+        """Every object under the repository path (hidden ones skipped), by its path relative to it; a folder marker
+        object keeps its trailing "/"."""
+        base = self._where.prefix
+        found: dict[str, Content] = {}
+        for key, size, md5 in self._contents(base, "list"):
+            relative = key[len(base) :]
+            if relative and not any(_skipped(part) for part in relative.removesuffix("/").split("/")):
+                found[relative] = (size, md5)
+        return found
+
+    def upload(self, relative: str, source: Path, md5: bytes) -> None:
+        """Write a local file to `<uri>/<relative>`, its MD5 stored with it (S3 and GCS check the bytes against it)."""
+        self._upload(self._where.prefix + relative, source, md5, f"upload '{relative}' to")
+
+    def delete(self, relative: str) -> None:
+        """Delete the object at `<uri>/<relative>`."""
+        self._delete(self._where.prefix + relative, f"delete '{relative}' from")
+
+    @property
+    def _needs(self) -> str:
+        """The permissions the credentials need for what this store was opened for."""
+        return self.write_needs if self._writing else self.read_needs
+
+    @abstractmethod
+    def _locate(self, uri: str) -> LocationT:
+        """What the URI names; a `StoreError` when it names no bucket."""
+
+    @abstractmethod
+    def _connect(self) -> None:
+        """Open the service's client for `self._where`; a `StoreError` when it cannot be."""
+
+    @abstractmethod
+    def _contents(self, prefix: str, doing: str) -> Iterator[tuple[str, int, bytes | None]]:
+        """Every object under a prefix, at any depth: its full key, its size and its MD5 (None when unknown)."""
+
+    @abstractmethod
+    def _upload(self, key: str, source: Path, md5: bytes, doing: str) -> None:
+        """Write a local file's bytes to one object, replacing it."""
+
+    @abstractmethod
+    def _delete(self, key: str, doing: str) -> None:
+        """Delete one object."""
 
     @abstractmethod
     def _listing(self, prefix: str, doing: str) -> tuple[set[str], set[str]]:

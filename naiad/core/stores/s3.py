@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ _REFUSED = {
 }
 _DENIED = {"AccessDenied", "AllAccessDisabled", "403"}
 _GONE = {"NoSuchKey", "404"}
+# The largest object one PUT writes (S3's limit); a larger file goes up in parts, and its ETag is no MD5 then.
+_SINGLE_PART_LIMIT = 5 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class _Sdk:
     config: Any  # botocore.config.Config
     errors: Any  # botocore.exceptions
     transfer_error: Any  # boto3.exceptions.Boto3Error, what a failed download_file raises besides botocore's own
+    transfer_config: Any  # boto3.s3.transfer.TransferConfig
 
 
 def _import_sdk() -> _Sdk:
@@ -82,6 +86,7 @@ def _import_sdk() -> _Sdk:
             config=importlib.import_module("botocore.config").Config,
             errors=importlib.import_module("botocore.exceptions"),
             transfer_error=importlib.import_module("boto3.exceptions").Boto3Error,
+            transfer_config=importlib.import_module("boto3.s3.transfer").TransferConfig,
         )
     except ImportError as exc:
         raise StoreError(f"s3:// model repositories need boto3: pip install 'naiad[s3]' ({exc})") from exc
@@ -90,8 +95,13 @@ def _import_sdk() -> _Sdk:
 class S3Store(ObjectStore[S3Location]):
     """A repository under a bucket prefix; `fetch` copies one model's files into a fresh folder under `cache`."""
 
-    def __init__(self, uri: str, cache: Path) -> None:
-        super().__init__(uri, cache, parse_s3_uri(uri))
+    read_needs = "s3:ListBucket and s3:GetObject on it"
+    write_needs = "s3:ListBucket, s3:PutObject and (for --delete) s3:DeleteObject on it"
+
+    def _locate(self, uri: str) -> S3Location:
+        return parse_s3_uri(uri)
+
+    def _connect(self) -> None:
         self._sdk = _import_sdk()
         # A private endpoint is addressed by path (MinIO has no per-bucket host names); AWS keeps boto3's default.
         style = {"s3": {"addressing_style": "path"}} if self._where.endpoint else {}
@@ -100,9 +110,8 @@ class S3Store(ObjectStore[S3Location]):
                 "s3", endpoint_url=self._where.endpoint, config=self._sdk.config(connect_timeout=10, **style)
             )
         except (self._sdk.errors.BotoCoreError, ValueError) as exc:
-            raise StoreError(f"cannot open model repository '{uri}': {exc}") from exc
+            raise StoreError(f"cannot open model repository '{self._uri}': {exc}") from exc
         self._endpoint: str = self._client.meta.endpoint_url
-        self._check_layout()
 
     def _listing(self, prefix: str, doing: str) -> tuple[set[str], set[str]]:
         folders: set[str] = set()
@@ -123,9 +132,30 @@ class S3Store(ObjectStore[S3Location]):
                     etag = str(item["ETag"]).strip('"')
                     yield str(item["Key"]), f"{item['Size']}:{etag}"
 
+    def _contents(self, prefix: str, doing: str) -> Iterator[tuple[str, int, bytes | None]]:
+        """The ETag of a single-part upload is the MD5 of its bytes; one of parts ("<hex>-<parts>") is not."""
+        for key, stamp in self._objects(prefix, doing):
+            size, _, etag = stamp.partition(":")
+            md5 = bytes.fromhex(etag) if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) else None
+            yield key, int(size), md5
+
     def _download(self, key: str, target: Path, doing: str) -> None:
         with self._translated(doing):
             self._client.download_file(self._where.bucket, key, str(target))
+
+    def _upload(self, key: str, source: Path, md5: bytes, doing: str) -> None:
+        bucket = self._where.bucket
+        with self._translated(doing):
+            if source.stat().st_size > _SINGLE_PART_LIMIT:
+                config = self._sdk.transfer_config(multipart_threshold=_SINGLE_PART_LIMIT)
+                self._client.upload_file(str(source), bucket, key, Config=config)
+                return
+            with source.open("rb") as body:
+                self._client.put_object(Bucket=bucket, Key=key, Body=body, ContentMD5=base64.b64encode(md5).decode())
+
+    def _delete(self, key: str, doing: str) -> None:
+        with self._translated(doing):
+            self._client.delete_object(Bucket=self._where.bucket, Key=key)
 
     def _origin(self) -> str:
         return f"{self._endpoint}/{self._where.bucket}"
@@ -160,10 +190,7 @@ class S3Store(ObjectStore[S3Location]):
             cause = _REFUSED[code].format(endpoint=self._endpoint)
             return f"the credentials were refused, {cause} ({detail}); check them: {_CREDENTIAL_HELP}"
         if code in _DENIED:
-            return (
-                f"access to bucket '{bucket}' is denied ({detail}): the credentials in use need s3:ListBucket and "
-                "s3:GetObject on it"
-            )
+            return f"access to bucket '{bucket}' is denied ({detail}): the credentials in use need {self._needs}"
         if code == "NoSuchBucket":
             return f"bucket '{bucket}' does not exist at {self._endpoint} ({detail})"
         if code in _GONE:

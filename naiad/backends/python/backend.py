@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib.util
 import itertools
 import json
@@ -24,8 +25,12 @@ from naiad.domain.tensors import InferenceRequest, InferenceResult
 
 _LOG = logging.getLogger("naiad.backends.python")
 _PACKAGE_PREFIX = "_naiad_model_"
-_import_lock = threading.Lock()
-_model_folders: set[str] = set()  # version and model folders of every model imported (kept on sys.path)
+_import_lock = threading.RLock()
+# The version and model folders of the models imported, each with the number of imports (instances, and
+# auto-complete while it runs) that use it: on sys.path while used, taken off when the last one is forgotten, so
+# that reloads (each fetched version in a folder of its own) do not grow sys.path.
+_folder_users: collections.Counter[str] = collections.Counter()
+_package_folders: dict[str, tuple[str, ...]] = {}
 _counter = itertools.count()
 
 
@@ -303,11 +308,13 @@ def _import_model(path: Path, version_dir: Path, model_dir: Path) -> tuple[types
     folders = (str(version_dir), str(model_dir))
     with _import_lock:
         saved_path = list(sys.path)
-        others = tuple(folder + os.sep for folder in _model_folders)
+        others = tuple(folder + os.sep for folder in _folder_users)
         stashed = {name: mod for name, mod in list(sys.modules.items()) if _from_models(name, mod, others)}
         for name in stashed:
             del sys.modules[name]
-        sys.path[:] = [entry for entry in saved_path if entry not in _model_folders] + list(folders)
+        sys.path[:] = [entry for entry in saved_path if entry not in _folder_users] + list(folders)
+        _folder_users.update(folders)
+        _package_folders[package] = folders
         before = set(sys.modules)
         holder = types.ModuleType(package)
         holder.__path__ = [folders[0]]
@@ -329,8 +336,8 @@ def _import_model(path: Path, version_dir: Path, model_dir: Path) -> tuple[types
                     del sys.modules[name]
             for name, mod in stashed.items():
                 sys.modules.setdefault(name, mod)
-            _model_folders.update(folders)
-            sys.path[:] = saved_path + [entry for entry in folders if entry not in saved_path]
+            kept = [entry for entry in folders if entry in _folder_users and entry not in saved_path]
+            sys.path[:] = saved_path + kept
     return module, package
 
 
@@ -343,7 +350,15 @@ def _from_models(name: str, module: object, prefixes: tuple[str, ...]) -> bool:
 
 
 def _forget(package: str) -> None:
-    """Drop a model package and its modules from sys.modules."""
-    prefix = package + "."
-    for name in [name for name in sys.modules if name == package or name.startswith(prefix)]:
-        del sys.modules[name]
+    """Drop a model package and its modules from sys.modules, and its folders from sys.path once no other import
+    uses them."""
+    with _import_lock:
+        prefix = package + "."
+        for name in [name for name in sys.modules if name == package or name.startswith(prefix)]:
+            del sys.modules[name]
+        for folder in _package_folders.pop(package, ()):
+            _folder_users[folder] -= 1
+            if _folder_users[folder] <= 0:
+                del _folder_users[folder]
+                while folder in sys.path:
+                    sys.path.remove(folder)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -397,6 +398,32 @@ def test_instances_have_their_own_module_and_sibling_modules(tmp_path: Path) -> 
     assert [run(a0), run(a0), run(a1), run(b0)] == [b"a-1", b"a-2", b"a-1", b"b+1"]
     for instance in (a0, a1, b0):
         instance.unload()
+
+
+def test_model_folders_leave_sys_path_when_their_last_instance_unloads(tmp_path: Path) -> None:
+    source = """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+    from helper import LABEL
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            out = np.array([LABEL.encode()], dtype=object)
+            return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]) for _ in requests]
+    """
+    before = list(sys.path)
+    for reload in range(3):  # each reload in a folder of its own, as a fetched or new version is
+        root = tmp_path / f"copy{reload}"
+        version_dir = write_model(root, "m", source, helper=f"LABEL = 'v{reload}'")
+        first = load(root, "m", IO_CONFIG, instance_name="m_0_0")
+        second = load(root, "m", IO_CONFIG, instance_name="m_0_1")
+        assert str(version_dir) in sys.path
+        first.unload()
+        assert str(version_dir) in sys.path, "the second instance still uses the folder"
+        assert outputs(second.execute([bytes_request(b"")])[0])["OUT"].data[0] == f"v{reload}".encode()
+        second.unload()
+        assert str(version_dir) not in sys.path and str(root / "m") not in sys.path
+    assert sys.path == before
 
 
 def test_finalize_errors_are_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

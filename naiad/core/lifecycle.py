@@ -46,6 +46,7 @@ class ModelRecord:
     tried: Fingerprint | None = None  # the files of the last load attempt: polling retries only on a change
     inline: Store | None = None  # the files of a load request, used instead of the repository's until a plain load
     loading: bool = False
+    ambiguous: bool = False  # in several repositories at the last attempt, which was reported then
 
     def refresh_latest(self) -> None:
         """Remember the highest READY version, the one a request without a version goes to."""
@@ -255,6 +256,9 @@ class ModelManager:
         """Fetch and read a model's folder; None when nothing changed since the last try (unless `force`) or it
         cannot load (the reason is then recorded; a store's failure is tried again at the next poll)."""
         record.wanted = True
+        if len(record.stores) > 1 and record.ambiguous and not force:
+            return None  # failed and logged when it became ambiguous; each poll need not say it again
+        record.ambiguous = len(record.stores) > 1
         async with self._loads:
             try:
                 store = self._only_store(record)
@@ -488,13 +492,9 @@ class ModelManager:
         return found
 
     def config(self, name: str, version: str) -> ModelConfig:
-        """The config of a model (of the named version when one is given)."""
-        if version:
-            return self.get(name, version).config
-        record = self._records.get(name)
-        if record is None or record.config is None:
-            raise not_found(f"Request for unknown model: '{name}' is not found")
-        return record.config
+        """The config of a model's serving version (the named one, else the latest), as Triton: an unloaded or
+        failed model has none to show."""
+        return self.get(name, version).config
 
     def versions(self, name: str) -> list[ModelVersion]:
         """The READY versions of a model (of every model when `name` is empty), ordered by name and version."""

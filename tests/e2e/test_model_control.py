@@ -143,6 +143,9 @@ def test_explicit_mode_loads_what_it_is_told_over_http(naiad: ServerFactory, tmp
     assert requests.post(server.url + "/v2/repository/models/first/unload", timeout=60).status_code == 200
     assert {"name": "first", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index(server)
     assert infer(server, "first").status_code in (400, 404, 503)
+    for path in ("", "/config"):  # no metadata or config left to show, as Triton
+        gone = requests.get(f"{server.url}/v2/models/first{path}", timeout=5)
+        assert gone.status_code == 404 and "'first' has no available versions" in gone.json()["error"], path
     assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
 
     missing = requests.post(server.url + "/v2/repository/models/nothing/load", timeout=60)
@@ -290,6 +293,34 @@ def test_poll_mode_follows_the_repository_without_failing_a_request(naiad: Serve
         assert output(infer(server, "steady")) == 301.0
     assert stream.failures == []
     assert "reload failed" in server.log()
+
+
+def test_a_name_in_two_repositories_is_reported_once_and_loads_when_one_copy_goes(
+    naiad: ServerFactory, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "one", tmp_path / "two"
+    offset_model(first, "twice", 1.0)
+    offset_model(second, "twice", 2.0)
+    log_file = tmp_path / "naiad.log"
+    server = naiad.start(
+        first,
+        f"--model-repository={second}",
+        "--model-control-mode=poll",
+        "--repository-poll-secs=0.1",
+        "--exit-on-error=false",
+        f"--log-file={log_file}",
+        wait_ready=False,
+    )
+    entry = {"name": "twice", "state": "UNAVAILABLE", "reason": "model appears in two or more repositories"}
+    wait_for(lambda: entry in index(server), "the name to be found ambiguous")
+    time.sleep(1.5)  # fifteen polls
+    lines = log_file.read_text().splitlines()
+    assert [line for line in lines if "naiad.core] failed to load model 'twice'" in line] == [
+        next(line for line in lines if "model appears in two or more repositories" in line)
+    ], "polls that change nothing repeat no error"
+    shutil.rmtree(second / "twice")
+    wait_for(lambda: infer(server, "twice").status_code == 200, "the copy left to load")
+    assert output(infer(server, "twice")) == 2.0
 
 
 def test_load_and_unload_are_refused_outside_explicit_mode(naiad: ServerFactory, tmp_path: Path) -> None:

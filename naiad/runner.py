@@ -28,8 +28,14 @@ def run(settings: ServerSettings) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
-        return asyncio.run(serve(settings))
-    return uvloop.run(serve(settings))
+        status = asyncio.run(serve(settings))
+    else:
+        status = uvloop.run(serve(settings))
+    # The loop's handlers went with it, and the default ones would turn a repeated signal in the last moments
+    # before exit (a second Ctrl-C, an impatient supervisor) into death by signal after a clean shutdown.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    return status
 
 
 async def serve(settings: ServerSettings) -> int:

@@ -149,6 +149,17 @@ def test_not_ready_during_shutdown(tmp_path: Path, naiad: ServerFactory, monkeyp
     assert server.process.wait(30) == 0
 
 
+def test_repeated_sigterm_still_ends_in_a_clean_exit(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    models.write_model(repo, "echo", models.identity_config("echo", "TYPE_INT32"), models.IDENTITY)
+    server = naiad.start(repo)
+    while server.process.poll() is None:  # a signal every 5 ms until the very end, as an impatient supervisor
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    assert server.process.returncode == 0, server.log()
+    assert "all models unloaded; exiting" in server.log()
+
+
 def test_unsupported_triton_flag_is_refused() -> None:
     result = run_naiad("serve", "--model-repository=/tmp", "--model-namespacing=true")
     assert result.returncode == 2

@@ -39,17 +39,25 @@ def run(settings: ServerSettings) -> int:
 
 
 async def serve(settings: ServerSettings) -> int:
-    """Load the models, open the listeners, wait for a signal, shut down in order."""
+    """Open the listeners, load the models, wait for a signal, shut down in order.
+
+    The listeners open first, so the server is live (and not ready) while its models load: a probe or a balancer
+    tells a server that is loading from one that is down, and a port in use fails at once, not after the loading."""
     try:
         server = InferenceServer(settings)
     except StoreError as exc:
         logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    listeners = await _open_listeners(server, settings)
+    if listeners is None:
+        await server.unload()
+        return 1
     failures = await server.start()
     for what, reason in failures:
         logger.error("failed to load model %s: %s", what, reason)
     if failures and settings.exit_on_error:
+        await listeners.close()
         await server.unload()
         what, reason = failures[0]
         print(
@@ -58,31 +66,6 @@ async def serve(settings: ServerSettings) -> int:
             file=sys.stderr,
         )
         return 1
-    metrics: MetricsService | None = None
-    if settings.allow_metrics:  # before the front ends: opt-in latency metrics must see every request
-        metrics = await _start_metrics(server, settings)
-        if metrics is None:
-            await server.unload()
-            return 1
-
-    http: HttpListener | None = None
-    if settings.allow_http:
-        http = await _start_http(server, settings)
-        if http is None:
-            if metrics is not None:
-                await metrics.close()
-            await server.unload()
-            return 1
-    grpc: GrpcListener | None = None
-    if settings.allow_grpc:
-        grpc = await _start_grpc(server, settings)
-        if grpc is None:
-            if http is not None:
-                await http.close(timeout=0)
-            if metrics is not None:
-                await metrics.close()
-            await server.unload()
-            return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,6 +80,7 @@ async def serve(settings: ServerSettings) -> int:
 
     logger.info("shutting down: no longer ready; waiting up to %ds for requests in flight", settings.exit_timeout_secs)
     server.begin_exit()
+    http, grpc = listeners.http, listeners.grpc
     if http is not None:
         http.stop_accepting()
     if grpc is not None:
@@ -108,11 +92,49 @@ async def serve(settings: ServerSettings) -> int:
         await http.close(timeout=1)
     if grpc is not None:
         await grpc.close(timeout=5)  # answers being written once the core is drained
-    if metrics is not None:
-        await metrics.close()
+    if listeners.metrics is not None:
+        await listeners.metrics.close()
     await server.unload()
     logger.info("all models unloaded; exiting")
     return 0
+
+
+class Listeners(NamedTuple):
+    """The services the flags turned on; None for one turned off."""
+
+    metrics: MetricsService | None
+    http: HttpListener | None
+    grpc: GrpcListener | None
+
+    async def close(self) -> None:
+        """Close them at once (start-up failed: nothing is in flight that should be waited for)."""
+        if self.grpc is not None:
+            await self.grpc.close(timeout=0)
+        if self.http is not None:
+            await self.http.close(timeout=0)
+        if self.metrics is not None:
+            await self.metrics.close()
+
+
+async def _open_listeners(server: InferenceServer, settings: ServerSettings) -> Listeners | None:
+    """Start metrics (first: opt-in latency metrics must see every request), HTTP and gRPC; None, with the
+    reason logged and printed, when one cannot start (those started are closed again)."""
+    opened = Listeners(None, None, None)
+    if settings.allow_metrics:
+        opened = opened._replace(metrics=await _start_metrics(server, settings))
+        if opened.metrics is None:
+            return None
+    if settings.allow_http:
+        opened = opened._replace(http=await _start_http(server, settings))
+        if opened.http is None:
+            await opened.close()
+            return None
+    if settings.allow_grpc:
+        opened = opened._replace(grpc=await _start_grpc(server, settings))
+        if opened.grpc is None:
+            await opened.close()
+            return None
+    return opened
 
 
 async def _start_http(server: InferenceServer, settings: ServerSettings) -> HttpListener | None:

@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import requests
+
+Until = Literal["ready", "started", "live"]
 
 
 def free_port() -> int:
@@ -58,12 +61,13 @@ def start_server(
     repository: Path | str,
     *flags: str,
     log_dir: Path,
-    wait_ready: bool = True,
+    until: Until = "ready",
     grpc: bool = False,
     metrics: bool = False,
     env: dict[str, str] | None = None,
 ) -> RunningServer:
-    """Start `python -m naiad serve` on `repository`; wait until it is live (and ready when asked).
+    """Start `python -m naiad serve` on `repository`; wait `until` it is ready, has finished starting (its models
+    loaded or failed: it logs "naiad is ready", ready or not), or is merely live (its models may still be loading).
 
     gRPC and metrics are off unless asked for; their ports are chosen either way. `env` replaces the environment."""
     port = free_port()
@@ -91,19 +95,26 @@ def start_server(
             command, stdout=log, stderr=subprocess.STDOUT, env=env if env is not None else {**os.environ}
         )
     server = RunningServer(process, port, log_path, grpc_port, metrics_port)
+    log_files = [Path(flag.split("=", 1)[1]) for flag in flags if flag.startswith("--log-file=")] or [log_path]
     deadline = time.monotonic() + 60
-    path = "/v2/health/ready" if wait_ready else "/v2/health/live"
+    path = "/v2/health/ready" if until == "ready" else "/v2/health/live"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"naiad exited with {process.returncode}:\n{server.log()}")
         try:
-            if requests.get(server.url + path, timeout=1).status_code == 200:
+            if requests.get(server.url + path, timeout=1).status_code == 200 and (
+                until != "started" or _has_started(log_files[-1])
+            ):
                 return server
         except requests.ConnectionError:
             pass
         time.sleep(0.1)
     server.stop(signal.SIGKILL)
-    raise AssertionError(f"naiad was not {'ready' if wait_ready else 'live'} within 60s:\n{server.log()}")
+    raise AssertionError(f"naiad was not {until} within 60s:\n{server.log()}")
+
+
+def _has_started(log_file: Path) -> bool:
+    return log_file.exists() and "naiad is ready" in log_file.read_text(errors="replace")
 
 
 class ServerFactory:
@@ -117,14 +128,14 @@ class ServerFactory:
         self,
         repository: Path | str,
         *flags: str,
-        wait_ready: bool = True,
+        until: Until = "ready",
         grpc: bool = False,
         metrics: bool = False,
         env: dict[str, str] | None = None,
     ) -> RunningServer:
         """Start a server on `repository` with extra command-line flags (gRPC and metrics when asked)."""
         server = start_server(
-            repository, *flags, log_dir=self._log_dir, wait_ready=wait_ready, grpc=grpc, metrics=metrics, env=env
+            repository, *flags, log_dir=self._log_dir, until=until, grpc=grpc, metrics=metrics, env=env
         )
         self._started.append(server)
         return server

@@ -210,7 +210,7 @@ def test_step_graphs_that_cannot_work_fail_to_load_saying_why(tmp_path: Path, na
     for name, config in broken.items():
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(config.replace('name: "pipeline"\n', ""))
-    server = naiad.start(repo, "--exit-on-error=false", wait_ready=False)
+    server = naiad.start(repo, "--exit-on-error=false", until="started")
     index = {e["name"]: e for e in requests.post(server.url + "/v2/repository/index", timeout=10).json()}
     assert index["pipeline"]["state"] == "READY"
     reasons = {name: index[name].get("reason", "") for name in broken}

@@ -440,7 +440,7 @@ def test_health_follows_readiness(tmp_path: Path, naiad: ServerFactory) -> None:
     repo = tmp_path / "models"
     models.write_model(repo, "add_sub", models.add_sub_config(), models.ADD_SUB)
     models.write_model(repo, "broken", models.identity_config("broken", "TYPE_INT32"), "raise ImportError('no')\n")
-    server = naiad.start(repo, "--exit-on-error=false", grpc=True, wait_ready=False)
+    server = naiad.start(repo, "--exit-on-error=false", grpc=True, until="started")
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     with grpc.insecure_channel(server.grpc_address) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)

@@ -55,7 +55,7 @@ def test_default_exit_on_error_stops_startup_naming_model(tmp_path: Path) -> Non
 
 def test_failed_models_are_unavailable_with_reasons(tmp_path: Path, naiad: ServerFactory) -> None:
     repo = repository_with_broken_models(tmp_path)
-    server = naiad.start(repo, "--exit-on-error=false", wait_ready=False)
+    server = naiad.start(repo, "--exit-on-error=false", until="started")
     assert requests.get(server.url + "/v2/health/live").status_code == 200
     assert requests.get(server.url + "/v2/health/ready").status_code == 400  # strict readiness: not all ready
     index = {entry["name"]: entry for entry in requests.post(server.url + "/v2/repository/index").json()}
@@ -160,6 +160,75 @@ def test_repeated_sigterm_still_ends_in_a_clean_exit(tmp_path: Path, naiad: Serv
     assert "all models unloaded; exiting" in server.log()
 
 
+# Its initialize waits until the file the test names exists: the model loads exactly as long as the test wants.
+WAITS_FOR_RELEASE = """
+import os
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        while not os.path.exists(os.environ["NAIAD_TEST_RELEASE"]):
+            time.sleep(0.02)
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0")
+                                        .as_numpy())])
+            for r in requests
+        ]
+"""
+
+
+def test_live_and_not_ready_while_the_models_load(
+    tmp_path: Path, naiad: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = tmp_path / "release"
+    monkeypatch.setenv("NAIAD_TEST_RELEASE", str(release))
+    repo = tmp_path / "models"
+    models.write_model(repo, "slow_start", models.identity_config("slow_start", "TYPE_INT32"), WAITS_FOR_RELEASE)
+    server = naiad.start(repo, grpc=True, metrics=True, until="live")
+    assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 400
+    assert requests.get(server.url + "/v2/models/slow_start/ready", timeout=5).status_code == 400
+    body = {"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "INT32", "data": [5]}]}
+    early = requests.post(server.url + "/v2/models/slow_start/infer", json=body, timeout=5)
+    assert early.status_code in (400, 404, 503) and "slow_start" in early.json()["error"]
+    assert requests.get(server.metrics_url, timeout=5).status_code == 200
+    assert "naiad is ready" not in server.log()
+    release.touch()
+    deadline = time.monotonic() + 30
+    while requests.get(server.url + "/v2/health/ready", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    reply = requests.post(server.url + "/v2/models/slow_start/infer", json=body, timeout=5)
+    assert reply.status_code == 200 and reply.json()["outputs"][0]["data"] == [5]
+
+
+def test_a_port_in_use_fails_before_any_model_loads(tmp_path: Path, naiad: ServerFactory) -> None:
+    (tmp_path / "empty").mkdir()
+    busy = naiad.start(tmp_path / "empty")
+    repo = tmp_path / "models"
+    marker = tmp_path / "loaded"
+    models.write_model(
+        repo,
+        "marks",
+        models.identity_config("marks", "TYPE_INT32"),
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\n" + models.IDENTITY,
+    )
+    result = run_naiad(
+        "serve",
+        f"--model-repository={repo}",
+        f"--http-port={busy.port}",
+        "--http-address=127.0.0.1",
+        "--allow-grpc=false",
+        "--allow-metrics=false",
+    )
+    assert result.returncode == 1
+    assert f"failed to start the HTTP service on 127.0.0.1:{busy.port}" in result.stderr
+    assert not marker.exists(), "the models were loaded before the port was tried"
+
+
 def test_unsupported_triton_flag_is_refused() -> None:
     result = run_naiad("serve", "--model-repository=/tmp", "--model-namespacing=true")
     assert result.returncode == 2
@@ -203,7 +272,7 @@ def test_several_repositories_and_a_name_found_twice(tmp_path: Path, naiad: Serv
     models.write_model(second, "twice", models.identity_config("twice", "TYPE_INT32"), models.IDENTITY)
     log_file = tmp_path / "naiad.log"
     server = naiad.start(
-        first, f"--model-repository={second}", "--exit-on-error=false", f"--log-file={log_file}", wait_ready=False
+        first, f"--model-repository={second}", "--exit-on-error=false", f"--log-file={log_file}", until="started"
     )
     index = {entry["name"]: entry for entry in requests.post(server.url + "/v2/repository/index").json()}
     assert index["add_sub"]["state"] == "READY" and index["echo"]["state"] == "READY"

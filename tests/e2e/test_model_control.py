@@ -309,7 +309,7 @@ def test_a_name_in_two_repositories_is_reported_once_and_loads_when_one_copy_goe
         "--repository-poll-secs=0.1",
         "--exit-on-error=false",
         f"--log-file={log_file}",
-        wait_ready=False,
+        until="started",
     )
     entry = {"name": "twice", "state": "UNAVAILABLE", "reason": "model appears in two or more repositories"}
     wait_for(lambda: entry in index(server), "the name to be found ambiguous")

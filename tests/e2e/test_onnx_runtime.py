@@ -160,7 +160,7 @@ def test_configs_and_files_that_do_not_fit_fail_to_load_saying_why(tmp_path: Pat
     onnx.save(fixed, str(repo / "not_batchable" / "1" / "model.onnx"))
     (repo / "not_batchable" / "config.pbtxt").write_text('backend: "onnxruntime"\nmax_batch_size: 8\n')
 
-    server = naiad.start(repo, "--exit-on-error=false", wait_ready=False)
+    server = naiad.start(repo, "--exit-on-error=false", until="started")
     index = {e["name"]: e for e in requests.post(server.url + "/v2/repository/index", timeout=10).json()}
     assert index["relu"]["state"] == "READY", index["relu"]
     assert "unexpected inference input 'input', allowed inputs are: x" in index["wrong_name"]["reason"]

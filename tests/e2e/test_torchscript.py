@@ -232,7 +232,7 @@ def test_broken_files_fail_to_load_with_the_fix_in_the_reason(tmp_path: Path, na
     save_traced(IrisNet(), (torch.zeros(1, 4),), repo / "uint32" / "1" / "model.pt")
     write_config(repo, "uint32", iris_config.replace("TYPE_FP32 dims: [ 4 ]", "TYPE_UINT32 dims: [ 4 ]"))
 
-    server = naiad.start(repo, "--exit-on-error=false", wait_ready=False)
+    server = naiad.start(repo, "--exit-on-error=false", until="started")
     index = {e["name"]: e for e in requests.post(server.url + "/v2/repository/index", timeout=10).json()}
     assert all(entry["state"] == "UNAVAILABLE" for entry in index.values()), index
     assert "written by torch.save" in index["state_dict"]["reason"]

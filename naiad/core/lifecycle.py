@@ -21,8 +21,9 @@ from naiad.config.devices import visible_gpus
 from naiad.core.ensemble import EnsembleScheduler, Submit, check_steps, load_order
 from naiad.core.model import ModelState, ModelVersion
 from naiad.core.preparation import Prepared, Preparer
+from naiad.core.reloads import change_instances, instances_only, unchanged_versions
 from naiad.core.stats import ModelStats
-from naiad.core.stores.base import Fingerprint, Store, StoreError, model_stamps, version_stamps
+from naiad.core.stores.base import Fingerprint, Store, StoreError
 from naiad.core.stores.inline import InlineStore, UnsafePathError
 from naiad.domain.errors import ServerError, invalid, not_found, unavailable
 from naiad.domain.model_config import ModelConfig
@@ -237,6 +238,7 @@ class ModelManager:
         """Prepare the models (`force`: even unchanged ones), then the models the ensembles among them are made of
         when those are not serving, and load them all."""
         prepared: dict[str, Prepared] = {}
+        forced = force  # a load request reloads even unchanged versions; a poll keeps them
         wanted = [self._records[name] for name in names if name in self._records]
         while wanted:
             found = await asyncio.gather(*(self._prepare(record, force) for record in wanted))
@@ -250,7 +252,7 @@ class ModelManager:
             }
             wanted = [self._records[n] for n in sorted(missing - attempted) if not self._records[n].serving]
             force = False
-        await self._install_all(prepared, force=True)
+        await self._install_all(prepared, force=forced)
 
     async def _prepare(self, record: ModelRecord, force: bool) -> Prepared | None:
         """Fetch and read a model's folder; None when nothing changed since the last try (unless `force`) or it
@@ -325,7 +327,10 @@ class ModelManager:
     async def _swap(self, record: ModelRecord, prepared: Prepared, force: bool) -> None:
         """Load the versions that are new or changed, then serve them in place of the old ones."""
         assert prepared.backend is not None and self._caller is not None and self._loop is not None
-        keep = {} if force else _unchanged(record, prepared)
+        if instances_only(record.loaded, record.serving, prepared):
+            await self._change_instances(record, prepared)
+            return
+        keep = {} if force else unchanged_versions(record.loaded, record.serving, prepared)
         fresh = {
             number: ModelVersion(prepared.folder, prepared.config, number, ModelStats())
             for number in prepared.selected
@@ -341,6 +346,26 @@ class ModelManager:
             self._failed(record, reasons)
             return
         self._install(record, prepared, {**keep, **fresh})
+
+    async def _change_instances(self, record: ModelRecord, prepared: Prepared) -> None:
+        """Only `instance_group` changed: add and remove instances in every serving version, which keep serving."""
+        assert self._caller is not None and self._loop is not None and record.loaded is not None
+        try:
+            changes, retiring = await change_instances(record.serving, prepared, self._caller, self._loop)
+        except Exception as exc:  # a model's initialize may raise anything: the old instances serve on
+            self._failed(record, exc.message if isinstance(exc, ServerError) else f"{type(exc).__name__}: {exc}")
+            return
+        record.config = prepared.config
+        record.loaded = dataclasses.replace(prepared, folder=record.loaded.folder)  # the versions' files
+        record.reason = ""
+        for version, change in zip(record.serving, changes, strict=True):
+            logger.info(
+                "successfully updated '%s' version %d: %d instance(s) added, %d removed",
+                record.name, version.version, len(change.added), len(change.dropped),
+            )  # fmt: skip
+        task = self._loop.create_task(retiring)  # the dropped instances finish their requests, as replaced versions
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _swap_ensemble(self, record: ModelRecord, prepared: Prepared) -> None:
         assert self._submit is not None
@@ -555,22 +580,6 @@ def parse_version(text: str) -> int:
         f"failed to get model version from specified version string '{text}' (details: expected integral "
         "value greater than 0), version should be an integral value > 0"
     )
-
-
-def _unchanged(record: ModelRecord, prepared: Prepared) -> dict[int, ModelVersion]:
-    """The serving versions a reload can keep: same config, same files outside the version folders, same files in
-    the version's own folder, still selected."""
-    loaded = record.loaded
-    if loaded is None or loaded.config.raw != prepared.config.raw:
-        return {}
-    if model_stamps(loaded.fingerprint) != model_stamps(prepared.fingerprint):
-        return {}
-    before, after = version_stamps(loaded.fingerprint), version_stamps(prepared.fingerprint)
-    return {
-        v.version: v
-        for v in record.serving
-        if v.version in prepared.selected and before.get(v.version) == after.get(v.version)
-    }
 
 
 __all__ = ["ModelManager", "ModelRecord", "parse_version"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from naiad.core.outputs import OutputShaper
 from naiad.core.scheduler import Scheduler
 from naiad.core.stats import ModelStats
 from naiad.core.validation import RequestChecker
-from naiad.domain.errors import ServerError, unavailable
+from naiad.domain.errors import ServerError, invalid, unavailable
 from naiad.domain.model_config import ModelConfig
 
 
@@ -71,27 +72,30 @@ class ModelVersion:
             raise unavailable(f"Request for unknown model: '{self.name}' version {self.version} is not at ready state")
         return serving
 
+    def instance_contexts(self, config: ModelConfig, caller: ModelCaller) -> list[InstanceContext]:
+        """The instances `config` asks for: `count` on each GPU of a KIND_GPU group, named alike on each (as Triton
+        names them)."""
+        return [
+            InstanceContext(
+                config=config,
+                version=self.version,
+                model_dir=self.folder,
+                version_dir=self.folder / str(self.version),
+                instance_name=f"{group.name}_{index}",
+                kind="AUTO" if group.auto else group.kind.value.removeprefix("KIND_"),
+                device_id=device_id,
+                caller=caller,
+            )
+            for group in config.instance_groups
+            for device_id in group.gpus or (0,)
+            for index in range(group.count)
+        ]
+
     async def load(self, backend: Backend, caller: ModelCaller, loop: asyncio.AbstractEventLoop) -> None:
         """Load every instance; on failure the version is UNAVAILABLE with the reason, and nothing is left running."""
         started = time.monotonic()
         config = self.config
-        version_dir = self.folder / str(self.version)
-        runners: list[InstanceRunner] = []
-        for group in config.instance_groups:
-            # `count` instances on each GPU of a KIND_GPU group, named alike on each (as Triton names them)
-            for device_id in group.gpus or (0,):
-                for index in range(group.count):
-                    context = InstanceContext(
-                        config=config,
-                        version=self.version,
-                        model_dir=self.folder,
-                        version_dir=version_dir,
-                        instance_name=f"{group.name}_{index}",
-                        kind="AUTO" if group.auto else group.kind.value.removeprefix("KIND_"),
-                        device_id=device_id,
-                        caller=caller,
-                    )
-                    runners.append(InstanceRunner(context, loop))
+        runners = [InstanceRunner(context, loop) for context in self.instance_contexts(config, caller)]
         outcomes = await asyncio.gather(*(runner.load(backend) for runner in runners), return_exceptions=True)
         failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
         try:
@@ -113,6 +117,37 @@ class ModelVersion:
         self._serving = Serving(checker, shaper, scheduler)
         self.load_seconds = time.monotonic() - started
         self.state = ModelState.READY
+
+    async def start_instances(
+        self, config: ModelConfig, backend: Backend, caller: ModelCaller, loop: asyncio.AbstractEventLoop
+    ) -> InstanceChange:
+        """Load the instances `config` has and this READY version lacks (`config` differs in its instance groups
+        only); raises `ServerError` with the reason when one fails, with none of them left running."""
+        have = {_identity(runner.context) for runner in self.runners}
+        wanted = self.instance_contexts(config, caller)
+        added = [InstanceRunner(context, loop) for context in wanted if _identity(context) not in have]
+        outcomes = await asyncio.gather(*(runner.load(backend) for runner in added), return_exceptions=True)
+        failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
+        if failure is not None:
+            for runner, outcome in zip(added, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    runner.stop()
+                else:
+                    await runner.unload()
+            raise invalid(_reason(failure, self.name, self.version))
+        keep = {_identity(context) for context in wanted}
+        dropped = [runner for runner in self.runners if _identity(runner.context) not in keep]
+        return InstanceChange(config, tuple(added), tuple(dropped))
+
+    def change_instances(self, change: InstanceChange) -> Awaitable[None]:
+        """Serve with the instances of `change` from now on. The dropped ones get no more requests; the awaitable
+        returned finishes what they execute and unloads them."""
+        scheduler = self.serving.scheduler
+        assert isinstance(scheduler, Scheduler)
+        scheduler.add_instances(change.added)
+        self.runners = tuple(r for r in self.runners if r not in change.dropped) + change.added
+        self.config = change.config
+        return _unload_when_idle(scheduler.remove_instances(change.dropped), change.dropped)
 
     def serve(self, scheduler: EnsembleScheduler) -> None:
         """Serve with a scheduler that needs no instances (an ensemble's)."""
@@ -137,10 +172,29 @@ class ModelVersion:
         self.reason = "unloaded"
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceChange:
+    """A version's new config and the instances it adds (loaded, not yet serving) and drops."""
+
+    config: ModelConfig
+    added: tuple[InstanceRunner, ...]
+    dropped: tuple[InstanceRunner, ...]
+
+
+async def _unload_when_idle(idle: Awaitable[object], runners: tuple[InstanceRunner, ...]) -> None:
+    await idle
+    await asyncio.gather(*(runner.unload() for runner in runners))
+
+
+def _identity(context: InstanceContext) -> tuple[str, str, int]:
+    """What an instance is, for an update: its name, kind and device."""
+    return context.instance_name, context.kind, context.device_id
+
+
 def _reason(exc: BaseException, name: str, version: int) -> str:
     if isinstance(exc, ServerError):
         return exc.message
     return f"failed to load model '{name}' version {version}: {type(exc).__name__}: {exc}"
 
 
-__all__ = ["ModelState", "ModelVersion"]
+__all__ = ["InstanceChange", "ModelState", "ModelVersion"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 
 from naiad.core.instances import InstanceRunner, Outcome
 from naiad.core.stats import ModelStats
@@ -92,6 +92,7 @@ class Scheduler:
         self._next_batch = 0
         self._next_delivery = 0
         self._finished: dict[int, list[tuple[Pending, InferenceResult | ServerError]]] = {}
+        self._leaving: dict[InstanceRunner, asyncio.Future[None]] = {}  # busy instances to retire when done
 
     @property
     def queued(self) -> int:
@@ -102,6 +103,25 @@ class Scheduler:
     def busy(self) -> bool:
         """Whether a request is queued or executing."""
         return bool(self._queue or self._delayed) or len(self._idle) < self._instances
+
+    def add_instances(self, runners: Sequence[InstanceRunner]) -> None:
+        """Serve with these loaded instances too, from now on."""
+        self._instances += len(runners)
+        self._idle.extend(runners)
+        if self._queue or self._delayed:
+            self._dispatch()
+
+    def remove_instances(self, runners: Sequence[InstanceRunner]) -> asyncio.Future[list[None]]:
+        """Give these instances no more work from now on; the future is done once none of them is executing (they
+        stay loaded)."""
+        leaving: list[asyncio.Future[None]] = []
+        for runner in runners:
+            if runner in self._idle:
+                self._idle.remove(runner)
+                self._instances -= 1
+            else:
+                leaving.append(self._leaving.setdefault(runner, self._loop.create_future()))
+        return asyncio.gather(*leaving)
 
     async def settle(self) -> None:
         """Wait until every request queued so far has been executed and answered."""
@@ -228,7 +248,12 @@ class Scheduler:
         dispatched = time.monotonic_ns()
 
         def done(outcome: Outcome, start: int, end: int) -> None:
-            self._idle.append(runner)
+            left = self._leaving.pop(runner, None)
+            if left is None:
+                self._idle.append(runner)
+            else:
+                self._instances -= 1
+                left.set_result(None)
             try:
                 self._finish(sequence, batch, outcome, dispatched, start, end)
             finally:  # whatever a result callback raised, the queue moves on

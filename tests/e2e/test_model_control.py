@@ -3,6 +3,7 @@ reloads under a steady stream of requests that must never see a failure."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 import threading
@@ -321,6 +322,142 @@ def test_a_name_in_two_repositories_is_reported_once_and_loads_when_one_copy_goe
     shutil.rmtree(second / "twice")
     wait_for(lambda: infer(server, "twice").status_code == 200, "the copy left to load")
     assert output(infer(server, "twice")) == 2.0
+
+
+# Adds one to its input; logs each instance's initialize, first execution and finalize to NAIAD_TEST_INSTANCE_LOG.
+INSTANCE_LOG_MODEL = """
+import os
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def note(line):
+    with open(os.environ["NAIAD_TEST_INSTANCE_LOG"], "a") as log:
+        log.write(line + "\\n")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_instance_name"]
+        self.executed = False
+        if os.path.exists(os.environ["NAIAD_TEST_INSTANCE_LOG"] + ".fail"):
+            raise RuntimeError("no memory left for another instance")
+        note(f"init {self.name}")
+        note(f"version {args['model_version']}")
+
+    def execute(self, requests):
+        if not self.executed:
+            self.executed = True
+            note(f"exec {self.name}")
+        time.sleep(0.005)
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(
+                "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() + np.float32(1))])
+            for r in requests
+        ]
+
+    def finalize(self):
+        note(f"fini {self.name}")
+"""
+
+
+@pytest.fixture
+def instance_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The file INSTANCE_LOG_MODEL writes to, empty."""
+    log = tmp_path / "instances.log"
+    log.touch()
+    monkeypatch.setenv("NAIAD_TEST_INSTANCE_LOG", str(log))
+    return log
+
+
+def test_an_instance_group_change_adds_and_removes_instances_without_a_reload(
+    naiad: ServerFactory, tmp_path: Path, instance_log: Path
+) -> None:
+    log = instance_log
+    repository = tmp_path / "models"
+
+    def config(count: int, batch: int = 8) -> str:
+        extra = f"instance_group [ {{ count: {count} kind: KIND_CPU }} ]"
+        return textwrap.dedent(identity_config("scaled", "TYPE_FP32", batch=batch, extra=extra))
+
+    folder = write_model(repository, "scaled", config(1), INSTANCE_LOG_MODEL)
+    server = naiad.start(repository, "--model-control-mode=poll", "--repository-poll-secs=0.2")
+
+    def instances() -> int:
+        reply = requests.get(server.url + "/v2/models/scaled/config", timeout=5).json()
+        return int(reply["instance_group"][0]["count"])
+
+    def logged() -> list[str]:
+        return log.read_text().splitlines()
+
+    stream = Stream(server, "scaled")
+    with stream.running():
+        wait_for(lambda: stream.seen(2.0), "requests to flow")
+        (folder / "config.pbtxt").write_text(config(3))
+        wait_for(lambda: instances() == 3, "the new instance count")
+        wait_for(lambda: {"exec scaled_0_1", "exec scaled_0_2"} <= set(logged()), "the new instances to serve")
+        (folder / "config.pbtxt").write_text(config(1))
+        wait_for(lambda: {"fini scaled_0_1", "fini scaled_0_2"} <= set(logged()), "the extra instances to unload")
+        assert instances() == 1
+        (tmp_path / "instances.log.fail").touch()  # an instance that fails to load leaves the others serving
+        (folder / "config.pbtxt").write_text(config(2))
+        wait_for(
+            lambda: any("no memory left for another instance" in e.get("reason", "") for e in index(server)),
+            "the failed update",
+        )
+        assert instances() == 1
+        (tmp_path / "instances.log.fail").unlink()
+        (folder / "config.pbtxt").write_text(config(1))
+        time.sleep(0.5)  # requests go on to the one instance left
+    assert stream.failures == []
+    assert logged().count("init scaled_0_0") == 1 and "fini scaled_0_0" not in logged(), "scaled_0_0 was reloaded"
+    assert "successfully updated 'scaled' version 1: 2 instance(s) added, 0 removed" in server.log()
+    assert "successfully updated 'scaled' version 1: 0 instance(s) added, 2 removed" in server.log()
+
+    (folder / "config.pbtxt").write_text(config(1, batch=4))  # any other change reloads the whole model
+    wait_for(lambda: logged().count("init scaled_0_0") == 2, "the reload")
+    wait_for(lambda: "fini scaled_0_0" in logged(), "the old version to unload")
+
+
+def test_a_load_whose_config_changes_only_the_instances_updates_them_in_place(
+    naiad: ServerFactory, tmp_path: Path, instance_log: Path
+) -> None:
+    log = instance_log
+    repository = tmp_path / "models"
+    write_model(repository, "scaled", identity_config("scaled", "TYPE_FP32", batch=8), INSTANCE_LOG_MODEL)
+    server = naiad.start(repository, "--model-control-mode=explicit", "--load-model=scaled")
+    config = requests.get(server.url + "/v2/models/scaled/config", timeout=5).json()
+    config["instance_group"][0]["count"] = 2
+    reply = requests.post(
+        server.url + "/v2/repository/models/scaled/load",
+        json={"parameters": {"config": json.dumps(config)}},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    assert requests.get(server.url + "/v2/models/scaled/config", timeout=5).json()["instance_group"][0]["count"] == 2
+    assert log.read_text().splitlines().count("init scaled_0_0") == 1
+    assert "init scaled_0_1" in log.read_text().splitlines()
+    assert output(infer(server, "scaled")) == 2.0
+    reload = requests.post(server.url + "/v2/repository/models/scaled/load", timeout=60)  # the same config again:
+    assert reload.status_code == 200, reload.text  # an explicit load still restarts the instances
+    wait_for(lambda: log.read_text().splitlines().count("init scaled_0_0") == 2, "the reload")
+
+
+def test_a_new_version_leaves_the_serving_ones_alone(naiad: ServerFactory, tmp_path: Path, instance_log: Path) -> None:
+    log = instance_log
+    repository = tmp_path / "models"
+    extra = "version_policy: { all: {} }"
+    folder = write_model(
+        repository, "kept", identity_config("kept", "TYPE_FP32", batch=8, extra=extra), INSTANCE_LOG_MODEL
+    )
+    server = naiad.start(repository, "--model-control-mode=poll", "--repository-poll-secs=0.2")
+    (folder / "2").mkdir()
+    (folder / "2" / "model.py").write_text(textwrap.dedent(INSTANCE_LOG_MODEL))
+    wait_for(lambda: infer(server, "kept", version="2").status_code == 200, "version 2 to serve")
+    assert output(infer(server, "kept", version="1")) == 2.0
+    lines = log.read_text().splitlines()
+    assert lines.count("version 1") == 1 and lines.count("version 2") == 1, lines
 
 
 def test_load_and_unload_are_refused_outside_explicit_mode(naiad: ServerFactory, tmp_path: Path) -> None:

@@ -573,5 +573,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     from naiad.ops.logging import configure
     from naiad.runner import run
 
-    configure(settings)
-    return run(settings)
+    return run(settings, configure(settings))

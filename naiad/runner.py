@@ -10,6 +10,7 @@ import signal
 import sys
 from typing import NamedTuple
 
+from naiad.config.log_levels import LogLevels
 from naiad.config.settings import ServerSettings
 from naiad.core.server import InferenceServer, StoreError
 from naiad.frontends.grpc.listener import GrpcListener, GrpcSetupError
@@ -23,14 +24,15 @@ from naiad.ops.system_metrics import SystemMetrics
 logger = logging.getLogger("naiad.runner")
 
 
-def run(settings: ServerSettings) -> int:
-    """Serve until SIGINT or SIGTERM; the process's exit status."""
+def run(settings: ServerSettings, log_levels: LogLevels | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; the process's exit status. `log_levels` are those the log handler reads,
+    which the logging API changes."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
-        status = asyncio.run(serve(settings))
+        status = asyncio.run(serve(settings, log_levels))
     else:
-        status = uvloop.run(serve(settings))
+        status = uvloop.run(serve(settings, log_levels))
     # The loop's handlers went with it, and the default ones would turn a repeated signal in the last moments
     # before exit (a second Ctrl-C, an impatient supervisor) into death by signal after a clean shutdown.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -38,13 +40,13 @@ def run(settings: ServerSettings) -> int:
     return status
 
 
-async def serve(settings: ServerSettings) -> int:
+async def serve(settings: ServerSettings, log_levels: LogLevels | None = None) -> int:
     """Open the listeners, load the models, wait for a signal, shut down in order.
 
     The listeners open first, so the server is live (and not ready) while its models load: a probe or a balancer
     tells a server that is loading from one that is down, and a port in use fails at once, not after the loading."""
     try:
-        server = InferenceServer(settings)
+        server = InferenceServer(settings, log_levels)
     except StoreError as exc:
         logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

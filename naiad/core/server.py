@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from naiad import __version__
+from naiad.config.log_levels import LogLevels
 from naiad.config.settings import ServerSettings
 from naiad.core.lifecycle import ModelManager
 from naiad.core.stats import ModelStats, Observer
@@ -37,6 +38,7 @@ EXTENSIONS = (
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "logging",
 )
 
 
@@ -53,9 +55,11 @@ class ModelStatistics(NamedTuple):
 class InferenceServer:
     """Health, metadata, inference, statistics and the repository index, for any front end."""
 
-    def __init__(self, settings: ServerSettings) -> None:
-        """Open the repositories (raises `StoreError` naming the one that cannot be read)."""
+    def __init__(self, settings: ServerSettings, log_levels: LogLevels | None = None) -> None:
+        """Open the repositories (raises `StoreError` naming the one that cannot be read). `log_levels` are the
+        ones the log handler reads (by default the flags', shown but applied to no handler)."""
         self.settings = settings
+        self._log_levels = log_levels if log_levels is not None else LogLevels.from_settings(settings)
         self._cache = Path(tempfile.mkdtemp(prefix="naiad-models-"))  # local copies of remote models
         try:
             stores = [open_store(uri, self._cache) for uri in settings.model_repositories]
@@ -129,6 +133,15 @@ class InferenceServer:
     def metadata(self) -> dict[str, Any]:
         """Server metadata: name, version and the extensions that work."""
         return {"name": self.settings.server_id, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def log_settings(self) -> dict[str, Any]:
+        """Triton's logging settings: levels, verbosity, format and the log file."""
+        return self._log_levels.as_triton()
+
+    def update_log_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change the log's levels, verbosity or format (not its file); all or nothing. The settings now."""
+        self._log_levels.update(changes)
+        return self._log_levels.as_triton()
 
     def has_model(self, name: str) -> bool:
         """Whether the repository has a model of this name, ready or not."""

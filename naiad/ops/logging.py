@@ -6,19 +6,20 @@ import logging
 import sys
 import time
 
+from naiad.config.log_levels import LogLevels
 from naiad.config.settings import ServerSettings
 
 
 class TritonFormatter(logging.Formatter):
     """`I1122 20:07:00.123456 4242 naiad.core] message` (default) or `2026-11-22T20:07:00Z I 4242 ...`."""
 
-    def __init__(self, iso8601: bool) -> None:
+    def __init__(self, levels: LogLevels) -> None:
         super().__init__()
-        self._iso = iso8601
+        self._levels = levels
 
     def format(self, record: logging.LogRecord) -> str:
         level = record.levelname[0]
-        if self._iso:
+        if self._levels.iso8601:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
             head = f"{stamp} {level} {record.process} {record.name}]"
         else:
@@ -32,33 +33,34 @@ class TritonFormatter(logging.Formatter):
 
 
 class _LevelFilter(logging.Filter):
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, levels: LogLevels) -> None:
         super().__init__()
-        self._info = settings.log_info
-        self._warning = settings.log_warning
-        self._error = settings.log_error
-        self._verbose = settings.log_verbose > 0
+        self._levels = levels
 
     def filter(self, record: logging.LogRecord) -> bool:
+        levels = self._levels
         if record.levelno >= logging.ERROR:
-            return self._error
+            return levels.error
         if record.levelno >= logging.WARNING:
-            return self._warning
+            return levels.warning
         if record.levelno >= logging.INFO:
-            return self._info
-        return self._verbose
+            return levels.info
+        return levels.verbose > 0
 
 
-def configure(settings: ServerSettings) -> None:
-    """Send naiad's and the models' log records to stderr (or --log-file) with the levels the flags allow."""
+def configure(settings: ServerSettings) -> LogLevels:
+    """Send naiad's and the models' log records to stderr (or --log-file) with the levels the flags allow; the
+    levels returned can be changed while serving."""
+    levels = LogLevels.from_settings(settings)
     handler: logging.Handler
     if settings.log_file:
         handler = logging.FileHandler(settings.log_file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TritonFormatter(settings.log_format == "ISO8601"))
-    handler.addFilter(_LevelFilter(settings))
+    handler.setFormatter(TritonFormatter(levels))
+    handler.addFilter(_LevelFilter(levels))
     logger = logging.getLogger("naiad")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if settings.log_verbose > 0 else logging.INFO)
     logger.propagate = False
+    return levels

@@ -127,7 +127,6 @@ def test_extensions_naiad_lacks_are_unimplemented(stub: pb_grpc.GRPCInferenceSer
         (stub.SystemSharedMemoryRegister, pb.SystemSharedMemoryRegisterRequest(name="r"), "shared memory"),
         (stub.CudaSharedMemoryStatus, pb.CudaSharedMemoryStatusRequest(), "CUDA shared memory"),
         (stub.TraceSetting, pb.TraceSettingRequest(), "tracing"),
-        (stub.LogSettings, pb.LogSettingsRequest(), "logging"),
     ]
     for call, request, fragment in calls:
         expect_error(partial(call, request), grpc.StatusCode.UNIMPLEMENTED, fragment, "not supported by naiad")

@@ -32,6 +32,20 @@ def _refusing(extension: str) -> Callable[[Any, Any, Context], Awaitable[NoRetur
     return rpc
 
 
+def _setting(value: pb.LogSettingsRequest.SettingValue) -> bool | int | str | None:
+    """A log setting's value, whichever of its kinds was sent (none: left as it is)."""
+    kind = value.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(value, kind)
+
+
+def _setting_value(value: bool | int | str) -> pb.LogSettingsResponse.SettingValue:
+    if isinstance(value, bool):
+        return pb.LogSettingsResponse.SettingValue(bool_param=value)
+    if isinstance(value, int):
+        return pb.LogSettingsResponse.SettingValue(uint32_param=value)
+    return pb.LogSettingsResponse.SettingValue(string_param=value)
+
+
 class InferenceService:
     """Each RPC decodes its message, calls the `InferenceServer` and encodes the answer; a `ServerError` becomes
     the gRPC status Triton would answer, with the same message as over HTTP."""
@@ -133,7 +147,14 @@ class InferenceService:
     CudaSharedMemoryRegister = _refusing("cuda_shared_memory")
     CudaSharedMemoryUnregister = _refusing("cuda_shared_memory")
     TraceSetting = _refusing("trace")
-    LogSettings = _refusing("logging")
+
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Context) -> pb.LogSettingsResponse:
+        changes = {name: _setting(value) for name, value in request.settings.items()}
+        try:
+            settings = self.server.update_log_settings(changes) if changes else self.server.log_settings()
+        except ServerError as exc:
+            await _abort(context, exc)
+        return pb.LogSettingsResponse(settings={name: _setting_value(value) for name, value in settings.items()})
 
 
 class _Stream:

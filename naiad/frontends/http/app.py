@@ -28,7 +28,6 @@ _MISSING = {
     "systemsharedmemory": "system_shared_memory",
     "cudasharedmemory": "cuda_shared_memory",
     "trace": "trace",
-    "logging": "logging",
 }
 
 
@@ -81,6 +80,8 @@ class HttpApp:
             return HttpReply(200 if ok else 400, content_type=_TEXT)
         if section == "repository":
             return self._repository_route(request, parts[3:], respond)
+        if section == "logging" and len(parts) == 3:
+            return self._logging(request)
         if section in _MISSING:
             raise missing_extension(_MISSING[section])
         raise not_found("Not Found")
@@ -167,6 +168,14 @@ class HttpApp:
             self._answer_when_done(request, respond, action(rest[1], parameters))
             return None
         raise not_found("Not Found")
+
+    def _logging(self, request: HttpRequest) -> HttpReply:
+        """GET the log settings, or POST a JSON object of those to change; either way answer them all."""
+        if request.method == "GET":
+            return HttpReply(200, codec.dumps(self.server.log_settings()))
+        if request.method != "POST":
+            raise MethodNotAllowedError("GET, POST")
+        return HttpReply(200, codec.dumps(self.server.update_log_settings(codec.parse_object(self.body(request)))))
 
     def _answer_when_done(self, request: HttpRequest, respond: Respond, operation: Coroutine[Any, Any, None]) -> None:
         """Carry out a load or unload and answer 200, or the error, when it is done."""

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from naiad import __version__
+from naiad.config.restrictions import CATEGORIES, RestrictionError, parse_restrictions
 from naiad.config.settings import BACKEND_SETTINGS, DEFAULT_QUANTILES, GrpcSettings, MetricsSettings, ServerSettings
 
 # tritonserver flags naiad does not implement yet: refused by name, never silently ignored.
 NOT_YET = frozenset((
     "model-config-name", "model-load-retry-count", "model-namespacing", "enable-peer-access", "reuse-http-port",
-    "http-header-forward-pattern", "http-thread-count", "http-restricted-api", "grpc-header-forward-pattern",
+    "http-header-forward-pattern", "http-thread-count", "grpc-header-forward-pattern",
     "grpc-infer-thread-count", "grpc-infer-allocation-pool-size", "grpc-max-response-pool-size",
-    "grpc-restricted-protocol", "trace-config", "trace-file", "trace-level", "trace-rate", "trace-count",
+    "trace-config", "trace-file", "trace-level", "trace-rate", "trace-count",
     "trace-log-frequency", "cache-config", "cache-directory", "response-cache-byte-size", "rate-limit",
     "rate-limit-resource", "pinned-memory-pool-byte-size", "cuda-memory-pool-byte-size",
     "cuda-virtual-address-size", "min-supported-compute-capability", "buffer-manager-thread-count", "host-policy",
@@ -353,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=64 * 1024 * 1024,
         help="largest request body in bytes, after decompression (default 67108864)",
     )
+    for flag, where in (("--http-restricted-api", "HTTP header"), ("--grpc-restricted-protocol", "gRPC metadata")):
+        serve.add_argument(
+            flag, action="append", default=[], metavar="API,...:KEY=VALUE",
+            help=f"these APIs ({', '.join(CATEGORIES)}) answer only calls whose {where} KEY is VALUE (repeatable)",
+        )  # fmt: skip
     serve.add_argument("--log-verbose", type=_non_negative, default=0, help="verbose logging level (default 0)")
     _flag(serve, "--log-info", True, "log informational messages")
     _flag(serve, "--log-warning", True, "log warnings")
@@ -423,6 +429,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
             http2_max_ping_strikes=args.grpc_http2_max_ping_strikes,
             max_connection_age_ms=args.grpc_max_connection_age,
             max_connection_age_grace_ms=args.grpc_max_connection_age_grace,
+            restricted=parse_restrictions(args.grpc_restricted_protocol, "--grpc-restricted-protocol"),
         ),
         metrics_port=args.metrics_port,
         metrics=_metrics_settings(args),
@@ -440,6 +447,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
         backend_config=_backend_settings(args.backend_config),
         http_max_input_size=args.http_max_input_size,
+        http_restricted=parse_restrictions(args.http_restricted_api, "--http-restricted-api"),
         log_verbose=args.log_verbose,
         log_info=args.log_info,
         log_warning=args.log_warning,
@@ -569,7 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--allow-model-file-override needs --model-control-mode=explicit")
     if "*" in args.load_model and len(args.load_model) > 1:
         parser.error("--load-model=* loads every model and must be the only --load-model")
-    settings = settings_from(args)
+    try:
+        settings = settings_from(args)
+    except RestrictionError as exc:
+        parser.error(str(exc))
     from naiad.ops.logging import configure
     from naiad.runner import run
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from naiad.config.restrictions import NO_RESTRICTIONS, Restrictions
+
 # Triton's `--backend-config` settings that naiad applies, with their defaults.
 BACKEND_SETTINGS = {"default-max-batch-size": "4"}
 
@@ -30,6 +32,7 @@ class GrpcSettings:
     http2_max_ping_strikes: int = 2
     max_connection_age_ms: int = 0
     max_connection_age_grace_ms: int = 0
+    restricted: Restrictions = field(default_factory=lambda: NO_RESTRICTIONS)  # --grpc-restricted-protocol
 
 
 # Triton's default summary quantiles, as (quantile, allowed error) pairs.
@@ -78,6 +81,7 @@ class ServerSettings:
     # --backend-config: backend name ("" for every backend) -> setting -> value
     backend_config: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     http_max_input_size: int = 64 * 1024 * 1024
+    http_restricted: Restrictions = field(default_factory=lambda: NO_RESTRICTIONS)  # --http-restricted-api
     log_verbose: int = 0
     log_info: bool = True
     log_warning: bool = True

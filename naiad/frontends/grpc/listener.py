@@ -13,6 +13,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from naiad.config.settings import GrpcSettings
 from naiad.core.server import InferenceServer
 from naiad.frontends.grpc.health import HealthService
+from naiad.frontends.grpc.restrictions import RestrictionInterceptor
 from naiad.frontends.grpc.service import InferenceService
 
 # Triton takes messages up to 2 GiB both ways.
@@ -29,7 +30,8 @@ class GrpcListener:
 
     def __init__(self, server: InferenceServer, settings: GrpcSettings) -> None:
         self._settings = settings
-        self._server = grpc.aio.server(options=channel_options(settings))
+        interceptors = [RestrictionInterceptor(settings.restricted)] if settings.restricted else []
+        self._server = grpc.aio.server(options=channel_options(settings), interceptors=interceptors)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(server), self._server)
         self._health = HealthService(server)
         self._server.add_generic_rpc_handlers((self._health.handler(),))

@@ -38,10 +38,20 @@ class HttpApp:
         self.server = server
         self.max_input_size = max_input_size
         self._control: set[asyncio.Task[None]] = set()  # load and unload requests being carried out
+        self._restricted = {
+            category: (restriction.key.encode(), restriction.value.encode())
+            for category, restriction in server.settings.http_restricted.items()
+        }
 
     def handle(self, request: HttpRequest, respond: Respond) -> None:
         """Answer one request through `respond`, now or when its inference is done; every failure becomes
         Triton's `{"error": ...}` with its status."""
+        if self._restricted:
+            needed = self._restricted.get(api_category(request.path), None)
+            if needed is not None and request.headers.get(needed[0]) != needed[1]:
+                message = f"This API is restricted, expecting header '{needed[0].decode()}'"
+                respond(HttpReply(403, codec.dumps({"error": message})))
+                return
         try:
             reply = self._route(request, request.path, respond)
         except ServerError as exc:
@@ -194,6 +204,44 @@ class HttpApp:
                 respond(HttpReply(500, orjson.dumps({"error": f"{request.path} failed: {error}"})))
 
         task.add_done_callback(answer)
+
+
+_MODEL_CATEGORIES = {
+    "": "metadata",
+    "ready": "health",
+    "config": "model-config",
+    "infer": "inference",
+    "generate": "inference",
+    "generate_stream": "inference",
+    "stats": "statistics",
+    "trace": "trace",
+}
+_SECTION_CATEGORIES = {
+    "health": "health",
+    "repository": "model-repository",
+    "logging": "logging",
+    "trace": "trace",
+    "systemsharedmemory": "shared-memory",
+    "cudasharedmemory": "shared-memory",
+}
+
+
+def api_category(path: str) -> str:
+    """Which of Triton's API categories a path belongs to, for --http-restricted-api ("" for none)."""
+    parts = path.rstrip("/").split("/")
+    if len(parts) < 2 or parts[0] or parts[1] != "v2":
+        return ""
+    if len(parts) == 2:
+        return "metadata"
+    if parts[2] != "models":
+        return _SECTION_CATEGORIES.get(parts[2], "")
+    rest = parts[3:]
+    if rest == ["stats"]:
+        return "statistics"
+    action = rest[1:]
+    if action[:1] == ["versions"]:
+        action = action[2:]
+    return _MODEL_CATEGORIES.get(action[0] if action else "", "")
 
 
 class MethodNotAllowedError(Exception):

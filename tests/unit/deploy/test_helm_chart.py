@@ -16,7 +16,7 @@ import requests
 import yaml
 
 from naiad import __version__
-from naiad.cli import build_parser, refuse_unsupported
+from naiad.cli import build_parser, refuse_unsupported, settings_from
 from tests.conftest import free_port
 from tests.unit.deploy.kube_schemas import assert_valid, kinds, load_documents, problems
 
@@ -122,6 +122,9 @@ def expected_args(values: dict[str, Any]) -> list[str]:
         f"--log-verbose={values['log']['verbose']}",
         f"--log-format={values['log']['format']}",
     ]
+    for index, restriction in enumerate(values["restrictedApis"]):
+        spec = f"{','.join(restriction['apis'])}:{restriction['header']}=$(NAIAD_RESTRICTED_API_{index})"
+        args += [f"--http-restricted-api={spec}", f"--grpc-restricted-protocol={spec}"]
     return args + list(values["extraArgs"])
 
 
@@ -308,6 +311,31 @@ def test_args_follow_each_value(chart: Any) -> None:
     accepted_by_naiad(args)
     none_mode = container(render(chart, {"modelControlMode": "none"}))["args"]
     assert not any(arg.startswith("--repository-poll-secs") for arg in none_mode)
+
+
+def test_restricted_apis_take_their_header_value_from_a_secret(chart: Any) -> None:
+    values = {
+        "modelControlMode": "explicit",
+        "restrictedApis": [
+            {"apis": ["model-repository", "logging"], "header": "admin-key", "secretName": "admin", "secretKey": "k"},
+            {"apis": ["inference"], "header": "infer-key", "secretName": "clients", "secretKey": "token"},
+        ],
+    }
+    documents = render(chart, values)
+    assert_valid(documents, "restrictedApis")
+    naiad = container(documents)
+    assert naiad["args"] == expected_args(chart.merge_values(values))
+    assert "--http-restricted-api=model-repository,logging:admin-key=$(NAIAD_RESTRICTED_API_0)" in naiad["args"]
+    assert "--grpc-restricted-protocol=inference:infer-key=$(NAIAD_RESTRICTED_API_1)" in naiad["args"]
+    env = {entry["name"]: entry for entry in naiad["env"]}
+    assert env["NAIAD_RESTRICTED_API_0"]["valueFrom"] == {"secretKeyRef": {"name": "admin", "key": "k"}}
+    assert env["NAIAD_RESTRICTED_API_1"]["valueFrom"] == {"secretKeyRef": {"name": "clients", "key": "token"}}
+    # Kubernetes puts the variables' values in place of $(NAME) before naiad sees its arguments
+    expanded = [re.sub(r"\$\((NAIAD_RESTRICTED_API_\d)\)", "value-of-secret", arg) for arg in naiad["args"]]
+    accepted_by_naiad(expanded)
+    settings = settings_from(build_parser().parse_args(["serve", *expanded]))
+    assert set(settings.http_restricted) == {"model-repository", "logging", "inference"}
+    assert settings.grpc.restricted["inference"].value == "value-of-secret"
 
 
 @pytest.mark.parametrize("exit_timeout", [0, 30, 300])
@@ -586,6 +614,15 @@ def test_hpa_and_keda_together_fail_to_render(chart: Any) -> None:
         ({"serviceMonitor": {"enabled": True}, "metrics": {"enabled": False}}, "it needs metrics.enabled"),
         ({"modelRepository": {"existingClaim": "models", "uri": "s3://b/p"}}, "use one or the other"),
         ({"modelRepository": {"existingClaim": "models", "uri": "/elsewhere"}}, "outside the claim's mountPath"),
+        (
+            {
+                "restrictedApis": [
+                    {"apis": ["logging"], "header": "a", "secretName": "s", "secretKey": "k"},
+                    {"apis": ["health", "logging"], "header": "b", "secretName": "s", "secretKey": "k"},
+                ]
+            },
+            'API "logging" appears in two entries',
+        ),
     ],
 )
 def test_contradictory_values_fail_to_render(chart: Any, values: dict[str, Any], message: str) -> None:
@@ -612,6 +649,11 @@ def test_contradictory_values_fail_to_render(chart: Any, values: dict[str, Any],
         ({"service": {"type": "ExternalName"}}, "/service/type"),
         ({"probes": {"readiness": {"path": "/healthz"}}}, "/probes/readiness/path"),
         ({"modelControlMod": "poll"}, "modelControlMod"),  # a misspelt key is refused, not ignored
+        (
+            {"restrictedApis": [{"apis": ["logs"], "header": "k", "secretName": "s", "secretKey": "k"}]},
+            "/restrictedApis/0/apis/0",
+        ),
+        ({"restrictedApis": [{"apis": ["logging"], "header": "k"}]}, "/restrictedApis/0"),
     ],
 )
 def test_schema_refuses_bad_values(chart: Any, values: dict[str, Any], where: str) -> None:

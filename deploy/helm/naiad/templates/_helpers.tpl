@@ -122,6 +122,10 @@ The arguments of `naiad serve`, tritonserver's flag names, one per line as a YAM
 - --allow-metrics={{ .Values.metrics.enabled }}
 - --log-verbose={{ .Values.log.verbose }}
 - --log-format={{ .Values.log.format }}
+{{- range $index, $restriction := .Values.restrictedApis }}
+- --http-restricted-api={{ join "," $restriction.apis }}:{{ $restriction.header }}=$(NAIAD_RESTRICTED_API_{{ $index }})
+- --grpc-restricted-protocol={{ join "," $restriction.apis }}:{{ $restriction.header }}=$(NAIAD_RESTRICTED_API_{{ $index }})
+{{- end }}
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -176,6 +180,15 @@ Combinations values.schema.json cannot express, refused at render time with the 
 {{- end }}
 {{- if and .Values.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "serviceMonitor.enabled scrapes naiad's metrics port: it needs metrics.enabled." }}
+{{- end }}
+{{- $restricted := list }}
+{{- range .Values.restrictedApis }}
+{{- range .apis }}
+{{- if has . $restricted }}
+{{- fail (printf "restrictedApis: API %q appears in two entries; naiad takes one header per API." .) }}
+{{- end }}
+{{- $restricted = append $restricted . }}
+{{- end }}
 {{- end }}
 {{- if and .Values.loadModels (ne .Values.modelControlMode "explicit") }}
 {{- fail (printf "loadModels needs modelControlMode: explicit (it is %q); in none and poll modes naiad loads every model of the repository." .Values.modelControlMode) }}

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -51,11 +50,26 @@ async def serve(settings: ServerSettings, log_levels: LogLevels | None = None) -
         logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    server.bind()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     listeners = await _open_listeners(server, settings)
     if listeners is None:
         await server.unload()
         return 1
-    failures = await server.start()
+    starting = loop.create_task(server.start())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # a signal while loading: the loads under way finish, then everything unloads
+        logger.info("shutting down during start-up: waiting for the models being loaded, then unloading them")
+        server.begin_exit()
+    failures = await starting
+    stopping.cancel()
+    if stop.is_set():
+        await _shut_down(server, listeners, settings)
+        return 0
     for what, reason in failures:
         logger.error("failed to load model %s: %s", what, reason)
     if failures and settings.exit_on_error:
@@ -68,18 +82,18 @@ async def serve(settings: ServerSettings, log_levels: LogLevels | None = None) -
             file=sys.stderr,
         )
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     polling = loop.create_task(server.poll_repository()) if settings.model_control_mode == "poll" else None
     logger.info("naiad is ready")
     await stop.wait()
     if polling is not None:
-        polling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await polling
+        server.stop_polling()
+        await polling
+    await _shut_down(server, listeners, settings)
+    return 0
 
+
+async def _shut_down(server: InferenceServer, listeners: Listeners, settings: ServerSettings) -> None:
+    """Not ready, stop accepting, drain what is in flight, close the listeners, unload every model."""
     logger.info("shutting down: no longer ready; waiting up to %ds for requests in flight", settings.exit_timeout_secs)
     server.begin_exit()
     http, grpc = listeners.http, listeners.grpc
@@ -98,7 +112,6 @@ async def serve(settings: ServerSettings, log_levels: LogLevels | None = None) -
         await listeners.metrics.close()
     await server.unload()
     logger.info("all models unloaded; exiting")
-    return 0
 
 
 class Listeners(NamedTuple):

@@ -74,6 +74,7 @@ class InferenceServer:
             cache=self._cache,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_polling: asyncio.Event | None = None
         self._started = False
         self._exiting = False
         self._unloading = False
@@ -81,11 +82,17 @@ class InferenceServer:
         self._drained: asyncio.Event | None = None
         self._operations: set[asyncio.Task[None]] = set()  # loads and unloads being carried out
 
+    def bind(self) -> None:
+        """Attach to the running loop, before any listener can hand over a request or a control call."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._manager.bind(_Caller(self, self._loop), self.submit)
+            self._stop_polling = asyncio.Event()
+
     async def start(self) -> list[tuple[str, str]]:
         """Load the models the control mode says to; returns the (model, reason) of each failure."""
-        self._loop = asyncio.get_running_loop()
+        self.bind()
         manager = self._manager
-        manager.bind(_Caller(self, self._loop), self.submit)
         names = await manager.scan()
         if not names:
             logger.warning("no model folders in %s", ", ".join(self.settings.model_repositories))
@@ -101,15 +108,27 @@ class InferenceServer:
 
     async def poll_repository(self) -> None:
         """Poll mode: every --repository-poll-secs, load what was added, reload what changed, unload what is gone.
-        Runs until cancelled."""
+        Runs until `stop_polling`, which lets a poll under way finish its loads (a load cut short would leave an
+        instance half initialized)."""
+        self.bind()
+        stop = self._stop_polling
+        assert stop is not None
         while True:
-            await asyncio.sleep(self.settings.repository_poll_secs)
+            with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError itself from 3.11 on
+                await asyncio.wait_for(stop.wait(), self.settings.repository_poll_secs)
+            if stop.is_set():
+                return
             try:
                 await self._manager.poll()
             except StoreError as exc:  # a store that cannot be listed now may be back at the next poll
                 logger.error("polling the model repository failed: %s", exc)
             except Exception:
                 logger.exception("polling the model repository failed")
+
+    def stop_polling(self) -> None:
+        """End `poll_repository` once the poll under way, if any, is done."""
+        if self._stop_polling is not None:
+            self._stop_polling.set()
 
     # Health and metadata
 

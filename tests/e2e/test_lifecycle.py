@@ -6,7 +6,9 @@ import concurrent.futures
 import signal
 import subprocess
 import sys
+import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -203,6 +205,88 @@ def test_live_and_not_ready_while_the_models_load(
         time.sleep(0.05)
     reply = requests.post(server.url + "/v2/models/slow_start/infer", json=body, timeout=5)
     assert reply.status_code == 200 and reply.json()["outputs"][0]["data"] == [5]
+
+
+# Waits for NAIAD_TEST_RELEASE in initialize; notes "wait", "init" and "fini" in NAIAD_TEST_NOTES.
+GATED = """
+import os
+import time
+import triton_python_backend_utils as pb_utils
+
+
+def note(word):
+    with open(os.environ["NAIAD_TEST_NOTES"], "a") as notes:
+        notes.write(word + "\\n")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        note("wait")
+        while not os.path.exists(os.environ["NAIAD_TEST_RELEASE"]):
+            time.sleep(0.02)
+        note("init")
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0")
+                                        .as_numpy())])
+            for r in requests
+        ]
+
+    def finalize(self):
+        note("fini")
+"""
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_sigterm_while_loading_lets_the_loads_finish_then_unloads_cleanly(
+    tmp_path: Path, naiad: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release, notes, finalized = tmp_path / "release", tmp_path / "notes", tmp_path / "finalized"
+    monkeypatch.setenv("NAIAD_TEST_RELEASE", str(release))
+    monkeypatch.setenv("NAIAD_TEST_NOTES", str(notes))
+    monkeypatch.setenv("NAIAD_TEST_FINALIZE_MARKER", str(finalized))
+    repo = tmp_path / "models"
+    models.write_model(repo, "fast", models.identity_config("fast", "TYPE_INT32"), models.FINALIZE_MARKER)
+    models.write_model(repo, "gated", models.identity_config("gated", "TYPE_INT32"), GATED)
+    server = naiad.start(repo, until="live")
+    index = server.url + "/v2/repository/index"
+    wait_until(lambda: {"name": "fast", "version": "1", "state": "READY"} in requests.post(index).json(), "fast")
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert server.process.poll() is None, "a signal during loading killed the server"
+    release.touch()  # the load under way finishes, then every model unloads
+    assert server.process.wait(30) == 0, server.log()
+    assert notes.read_text().split() == ["wait", "init", "fini"]
+    assert finalized.read_text() == "finalized"
+    assert "naiad is ready" not in server.log()
+
+
+def test_sigterm_during_a_poll_reload_lets_the_reload_finish(
+    tmp_path: Path, naiad: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release, notes = tmp_path / "release", tmp_path / "notes"
+    monkeypatch.setenv("NAIAD_TEST_RELEASE", str(release))
+    monkeypatch.setenv("NAIAD_TEST_NOTES", str(notes))
+    release.touch()
+    repo = tmp_path / "models"
+    folder = models.write_model(repo, "gated", models.identity_config("gated", "TYPE_INT32"), GATED)
+    server = naiad.start(repo, "--model-control-mode=poll", "--repository-poll-secs=0.1")
+    release.unlink()
+    (folder / "1" / "model.py").write_text(textwrap.dedent(GATED) + "\n# changed\n")  # a reload, held in initialize
+    wait_until(lambda: notes.read_text().split().count("wait") == 2, "the reload to be held in initialize")
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    release.touch()
+    assert server.process.wait(30) == 0, server.log()
+    words = notes.read_text().split()
+    assert words.count("init") == 2 and words.count("fini") == 2, f"an instance was left half loaded: {words}"
 
 
 def test_a_port_in_use_fails_before_any_model_loads(tmp_path: Path, naiad: ServerFactory) -> None:

@@ -260,6 +260,8 @@ class ModelManager:
         record.wanted = True
         if len(record.stores) > 1 and record.ambiguous and not force:
             return None  # failed and logged when it became ambiguous; each poll need not say it again
+        if record.ambiguous and len(record.stores) <= 1:
+            record.tried = None  # no longer ambiguous: try again even if its files did not change
         record.ambiguous = len(record.stores) > 1
         async with self._loads:
             try:

@@ -460,6 +460,23 @@ def test_a_new_version_leaves_the_serving_ones_alone(naiad: ServerFactory, tmp_p
     assert lines.count("version 1") == 1 and lines.count("version 2") == 1, lines
 
 
+def test_a_copy_appearing_in_a_second_repository_then_going_leaves_no_stale_reason(
+    naiad: ServerFactory, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "one", tmp_path / "two"
+    offset_model(first, "twice", 1.0)
+    second.mkdir()
+    server = naiad.start(
+        first, f"--model-repository={second}", "--model-control-mode=poll", "--repository-poll-secs=0.1"
+    )
+    offset_model(second, "twice", 2.0)
+    wait_for(lambda: any("two or more repositories" in e.get("reason", "") for e in index(server)), "the ambiguity")
+    assert output(infer(server, "twice")) == 2.0  # the copy in the first repository serves on
+    shutil.rmtree(second / "twice")
+    wait_for(lambda: all(not e.get("reason") for e in index(server)), "the reason to clear")
+    assert output(infer(server, "twice")) == 2.0
+
+
 def test_load_and_unload_are_refused_outside_explicit_mode(naiad: ServerFactory, tmp_path: Path) -> None:
     repository = tmp_path / "models"
     write_model(repository, "add_sub", add_sub_config(), IDENTITY)

@@ -34,6 +34,7 @@ def server(tmp_path: Path, naiad: ServerFactory) -> Iterator[RunningServer]:
         "--http-restricted-api=model-repository,logging:admin-key=s3cret",
         "--grpc-restricted-protocol=inference:infer-key=infer-value",
         "--grpc-restricted-protocol=health:health-key=ok",
+        "--grpc-restricted-protocol=model-repository:admin-key=s3cret",
         grpc=True,
     )
 
@@ -67,7 +68,9 @@ def test_grpc_restricted_categories_need_the_metadata(server: RunningServer) -> 
             client.infer("add_sub", add_sub_inputs(A, B), headers={"triton-grpc-protocol-infer-key": "wrong"})
         result = client.infer("add_sub", add_sub_inputs(A, B), headers=INFER)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), A + B)
-        assert client.get_model_repository_index().models  # restricted over HTTP only
+        with pytest.raises(InferenceServerException):
+            client.get_model_repository_index()
+        assert client.get_model_repository_index(headers={"triton-grpc-protocol-admin-key": "s3cret"}).models
         with pytest.raises(InferenceServerException) as unhealthy:
             client.is_server_live()
         assert "triton-grpc-protocol-health-key" in unhealthy.value.message()
@@ -85,8 +88,15 @@ def test_grpc_restricted_categories_need_the_metadata(server: RunningServer) -> 
         with pytest.raises(grpc.RpcError) as standard:
             health.Check(health_pb2.HealthCheckRequest())
         assert standard.value.code() == grpc.StatusCode.UNAVAILABLE
-        reply = health.Check(health_pb2.HealthCheckRequest(), metadata=(("triton-grpc-protocol-health-key", "ok"),))
+        healthy = (("triton-grpc-protocol-health-key", "ok"),)
+        reply = health.Check(health_pb2.HealthCheckRequest(), metadata=healthy)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # List names every model of the repository: it needs the model-repository header too
+        listing = channel.unary_unary("/grpc.health.v1.Health/List", request_serializer=lambda _: b"")
+        with pytest.raises(grpc.RpcError) as unlisted:
+            listing(None, metadata=healthy)
+        assert "triton-grpc-protocol-admin-key" in str(unlisted.value.details())
+        assert listing(None, metadata=(*healthy, ("triton-grpc-protocol-admin-key", "s3cret")))
 
 
 @pytest.mark.parametrize(

@@ -36,11 +36,16 @@ _METHOD_CATEGORIES = {
 }
 
 
-def rpc_category(method: str) -> str:
-    """The API category of a full method name ("/inference.GRPCInferenceService/ModelInfer"); "" for none."""
+def rpc_categories(method: str) -> tuple[str, ...]:
+    """The API categories of a full method name ("/inference.GRPCInferenceService/ModelInfer"): a call needs the
+    header of each that is restricted. The standard health service's List names every model of the repository,
+    so it is model-repository as well as health."""
     if method.startswith(_INFERENCE_SERVICE):
-        return _METHOD_CATEGORIES.get(method.removeprefix(_INFERENCE_SERVICE), "")
-    return "health" if method.startswith(_HEALTH_SERVICE) else ""
+        category = _METHOD_CATEGORIES.get(method.removeprefix(_INFERENCE_SERVICE))
+        return (category,) if category else ()
+    if method == _HEALTH_SERVICE + "List":
+        return ("health", "model-repository")
+    return ("health",) if method.startswith(_HEALTH_SERVICE) else ()
 
 
 class RestrictionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -56,13 +61,14 @@ class RestrictionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
     ) -> Any:
         handler = await continuation(details)
-        needed = self._restricted.get(rpc_category(details.method))
-        if needed is None or handler is None:
-            return handler
-        key, value = needed
-        if any(k == key and v == value for k, v in details.invocation_metadata or ()):
-            return handler
-        return _refusing(handler, f"This protocol is restricted, expecting header '{key}'")
+        if handler is None:
+            return None
+        sent = tuple(details.invocation_metadata or ())
+        for category in rpc_categories(details.method):
+            needed = self._restricted.get(category)
+            if needed is not None and needed not in sent:
+                return _refusing(handler, f"This protocol is restricted, expecting header '{needed[0]}'")
+        return handler
 
 
 def _refusing(handler: Any, message: str) -> Any:

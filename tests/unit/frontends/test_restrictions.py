@@ -6,16 +6,18 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from naiad.config.restrictions import CATEGORIES
-from naiad.frontends.grpc.restrictions import rpc_category
+from naiad.frontends.grpc.restrictions import rpc_categories
 from naiad.frontends.http.app import api_category
 
 
 def test_every_grpc_method_has_a_category() -> None:
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     for method in service.methods:
-        assert rpc_category(f"/inference.GRPCInferenceService/{method.name}") in CATEGORIES, method.name
-    assert rpc_category("/grpc.health.v1.Health/Check") == "health"
-    assert rpc_category("/grpc.health.v1.Health/Watch") == "health"
+        categories = rpc_categories(f"/inference.GRPCInferenceService/{method.name}")
+        assert len(categories) == 1 and categories[0] in CATEGORIES, method.name
+    assert rpc_categories("/grpc.health.v1.Health/Check") == ("health",)
+    assert rpc_categories("/grpc.health.v1.Health/Watch") == ("health",)
+    assert rpc_categories("/grpc.health.v1.Health/List") == ("health", "model-repository")  # it names every model
 
 
 @pytest.mark.parametrize(

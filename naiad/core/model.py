@@ -6,7 +6,7 @@ import asyncio
 import enum
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from naiad.backends.base import Backend, InstanceContext, ModelCaller
@@ -53,6 +53,7 @@ class ModelVersion:
     load_seconds: float = 0.0  # how long the last successful load took
     _serving: Serving | None = None
     _unloading: asyncio.Task[None] | None = None
+    _dropping: set[asyncio.Task[None]] = field(default_factory=set)  # instances an update dropped, unloading
 
     @property
     def name(self) -> str:
@@ -139,15 +140,20 @@ class ModelVersion:
         dropped = [runner for runner in self.runners if _identity(runner.context) not in keep]
         return InstanceChange(config, tuple(added), tuple(dropped))
 
-    def change_instances(self, change: InstanceChange) -> Awaitable[None]:
-        """Serve with the instances of `change` from now on. The dropped ones get no more requests; the awaitable
-        returned finishes what they execute and unloads them."""
+    def change_instances(self, change: InstanceChange) -> asyncio.Task[None]:
+        """Serve with the instances of `change` from now on. The dropped ones get no more requests; the task
+        returned lets them finish what they execute and unloads them (the version's own unload waits for it)."""
         scheduler = self.serving.scheduler
         assert isinstance(scheduler, Scheduler)
         scheduler.add_instances(change.added)
         self.runners = tuple(r for r in self.runners if r not in change.dropped) + change.added
         self.config = change.config
-        return _unload_when_idle(scheduler.remove_instances(change.dropped), change.dropped)
+        task = asyncio.get_running_loop().create_task(
+            _unload_when_idle(scheduler.remove_instances(change.dropped), change.dropped)
+        )
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
+        return task
 
     def serve(self, scheduler: EnsembleScheduler) -> None:
         """Serve with a scheduler that needs no instances (an ensemble's)."""
@@ -165,7 +171,7 @@ class ModelVersion:
         self.state = ModelState.UNLOADING
         if self._serving is not None:
             await self._serving.scheduler.settle()
-        await asyncio.gather(*(runner.unload() for runner in self.runners))
+        await asyncio.gather(*(runner.unload() for runner in self.runners), *self._dropping)
         self.runners = ()
         self._serving = None
         self.state = ModelState.UNAVAILABLE

@@ -4,7 +4,7 @@ changed, every version (instances are then added and removed in place, as Triton
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from naiad.backends.base import ModelCaller
@@ -70,5 +70,5 @@ async def change_instances(
     return changes, _all(retiring)
 
 
-async def _all(awaitables: list[Awaitable[None]]) -> None:
-    await asyncio.gather(*awaitables)
+async def _all(tasks: list[asyncio.Task[None]]) -> None:
+    await asyncio.gather(*tasks)

@@ -420,6 +420,27 @@ def test_an_instance_group_change_adds_and_removes_instances_without_a_reload(
     wait_for(lambda: "fini scaled_0_0" in logged(), "the old version to unload")
 
 
+def test_shutdown_waits_for_the_finalize_of_instances_an_update_dropped(
+    naiad: ServerFactory, tmp_path: Path, instance_log: Path
+) -> None:
+    slow_finalize = INSTANCE_LOG_MODEL.replace(
+        '    def finalize(self):\n        note(f"fini {self.name}")',
+        '    def finalize(self):\n        time.sleep(1.5)\n        note(f"fini {self.name}")',
+    )
+    assert slow_finalize != INSTANCE_LOG_MODEL
+    repository = tmp_path / "models"
+    extra = "instance_group [ { count: 2 kind: KIND_CPU } ]"
+    folder = write_model(
+        repository, "scaled", identity_config("scaled", "TYPE_FP32", batch=8, extra=extra), slow_finalize
+    )
+    server = naiad.start(repository, "--model-control-mode=poll", "--repository-poll-secs=0.1", "--exit-timeout-secs=0")
+    (folder / "config.pbtxt").write_text(textwrap.dedent(identity_config("scaled", "TYPE_FP32", batch=8)))
+    wait_for(lambda: "successfully updated 'scaled' version 1" in server.log(), "the update")
+    assert server.stop() == 0
+    lines = instance_log.read_text().splitlines()
+    assert "fini scaled_0_1" in lines and "fini scaled_0_0" in lines, lines
+
+
 def test_a_load_whose_config_changes_only_the_instances_updates_them_in_place(
     naiad: ServerFactory, tmp_path: Path, instance_log: Path
 ) -> None:

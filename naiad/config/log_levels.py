@@ -60,6 +60,10 @@ class LogLevels:
                 self.verbose = value
             else:
                 self.iso8601 = value == "ISO8601"
+        self.apply_verbosity()
+
+    def apply_verbosity(self) -> None:
+        """Let the `naiad` logger make verbose (DEBUG) records only while they would be shown."""
         logging.getLogger("naiad").setLevel(logging.DEBUG if self.verbose > 0 else logging.INFO)
 
 

@@ -352,22 +352,21 @@ class ModelManager:
     async def _change_instances(self, record: ModelRecord, prepared: Prepared) -> None:
         """Only `instance_group` changed: add and remove instances in every serving version, which keep serving."""
         assert self._caller is not None and self._loop is not None and record.loaded is not None
+        serving = record.serving
         try:
-            changes, retiring = await change_instances(record.serving, prepared, self._caller, self._loop)
+            changes = await change_instances(serving, prepared, self._caller, self._loop)
         except Exception as exc:  # a model's initialize may raise anything: the old instances serve on
             self._failed(record, exc.message if isinstance(exc, ServerError) else f"{type(exc).__name__}: {exc}")
             return
         record.config = prepared.config
         record.loaded = dataclasses.replace(prepared, folder=record.loaded.folder)  # the versions' files
         record.reason = ""
-        for version, change in zip(record.serving, changes, strict=True):
+        for version, (change, retiring) in zip(serving, changes, strict=True):
             logger.info(
                 "successfully updated '%s' version %d: %d instance(s) added, %d removed",
                 record.name, version.version, len(change.added), len(change.dropped),
             )  # fmt: skip
-        task = self._loop.create_task(retiring)  # the dropped instances finish their requests, as replaced versions
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+            self._keep_until_done(retiring)  # the dropped instances finish their requests, as replaced versions
 
     def _swap_ensemble(self, record: ModelRecord, prepared: Prepared) -> None:
         assert self._submit is not None
@@ -405,7 +404,10 @@ class ModelManager:
 
     def _retire_in_background(self, record: ModelRecord, retiring: list[ModelVersion]) -> asyncio.Task[None]:
         """Unload `retiring` once each has answered the requests it holds, then release the folders nothing uses."""
-        task = asyncio.get_running_loop().create_task(self._retire(record, retiring))
+        return self._keep_until_done(asyncio.get_running_loop().create_task(self._retire(record, retiring)))
+
+    def _keep_until_done(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """Count `task` among the unloads that shutdown waits for, until it is done."""
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         return task

@@ -97,19 +97,15 @@ class ModelVersion:
         started = time.monotonic()
         config = self.config
         runners = [InstanceRunner(context, loop) for context in self.instance_contexts(config, caller)]
-        outcomes = await asyncio.gather(*(runner.load(backend) for runner in runners), return_exceptions=True)
-        failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
+        failure = await _load_together(runners, backend)
         try:
             if failure is not None:
                 raise failure
             checker = RequestChecker(config)
             shaper = OutputShaper(config, self.folder)
         except BaseException as exc:
-            for runner, outcome in zip(runners, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    runner.stop()
-                else:
-                    await runner.unload()
+            if failure is None:  # every instance loaded, but the config cannot serve: unload them again
+                await asyncio.gather(*(runner.unload() for runner in runners))
             self.state = ModelState.UNAVAILABLE
             self.reason = _reason(exc, self.name, self.version)
             return
@@ -127,14 +123,8 @@ class ModelVersion:
         have = {_identity(runner.context) for runner in self.runners}
         wanted = self.instance_contexts(config, caller)
         added = [InstanceRunner(context, loop) for context in wanted if _identity(context) not in have]
-        outcomes = await asyncio.gather(*(runner.load(backend) for runner in added), return_exceptions=True)
-        failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
+        failure = await _load_together(added, backend)
         if failure is not None:
-            for runner, outcome in zip(added, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    runner.stop()
-                else:
-                    await runner.unload()
             raise invalid(_reason(failure, self.name, self.version))
         keep = {_identity(context) for context in wanted}
         dropped = [runner for runner in self.runners if _identity(runner.context) not in keep]
@@ -185,6 +175,19 @@ class InstanceChange:
     config: ModelConfig
     added: tuple[InstanceRunner, ...]
     dropped: tuple[InstanceRunner, ...]
+
+
+async def _load_together(runners: list[InstanceRunner], backend: Backend) -> BaseException | None:
+    """Load every instance at once; when one fails, its thread ends, the others unload, and its error is returned."""
+    outcomes = await asyncio.gather(*(runner.load(backend) for runner in runners), return_exceptions=True)
+    failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
+    if failure is not None:
+        for runner, outcome in zip(runners, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                runner.stop()
+            else:
+                await runner.unload()
+    return failure
 
 
 async def _unload_when_idle(idle: Awaitable[object], runners: tuple[InstanceRunner, ...]) -> None:

@@ -4,8 +4,7 @@ changed, every version (instances are then added and removed in place, as Triton
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from naiad.backends.base import ModelCaller
 from naiad.core.model import InstanceChange, ModelVersion
@@ -52,10 +51,10 @@ def _beside_config(prepared: Prepared) -> frozenset[tuple[str, str]]:
 
 async def change_instances(
     serving: Sequence[ModelVersion], prepared: Prepared, caller: ModelCaller, loop: asyncio.AbstractEventLoop
-) -> tuple[list[InstanceChange], Coroutine[Any, Any, None]]:
+) -> list[tuple[InstanceChange, asyncio.Task[None]]]:
     """Give each serving version the instances of `prepared.config`: the new ones are loaded for every version
-    first, and only when all load does any version switch; raises `ServerError` (nothing changed) otherwise. The
-    awaitable returned unloads the dropped instances once they finish what they execute."""
+    first, and only when all load does any version switch; raises `ServerError` (nothing changed) otherwise. Each
+    version's change comes with the task that unloads its dropped instances once they finish what they execute."""
     assert prepared.backend is not None
     backend = prepared.backend
     started = await asyncio.gather(
@@ -66,9 +65,4 @@ async def change_instances(
     if failure is not None:
         await asyncio.gather(*(runner.unload() for change in changes for runner in change.added))
         raise failure
-    retiring = [v.change_instances(change) for v, change in zip(serving, changes, strict=True)]
-    return changes, _all(retiring)
-
-
-async def _all(tasks: list[asyncio.Task[None]]) -> None:
-    await asyncio.gather(*tasks)
+    return [(change, v.change_instances(change)) for v, change in zip(serving, changes, strict=True)]

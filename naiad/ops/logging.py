@@ -61,6 +61,6 @@ def configure(settings: ServerSettings) -> LogLevels:
     handler.addFilter(_LevelFilter(levels))
     logger = logging.getLogger("naiad")
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if settings.log_verbose > 0 else logging.INFO)
+    levels.apply_verbosity()
     logger.propagate = False
     return levels

@@ -9,7 +9,6 @@ import secrets
 import shutil
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -26,7 +25,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from tests.conftest import free_port
-from tests.emulators import self_signed_certificate, stop
+from tests.emulators import install_once, self_signed_certificate, stop
 
 # The last Azurite that runs on Node 20 (3.36 wants Node 22); --skipApiVersionCheck lets newer SDKs talk to it.
 AZURITE_VERSION = "3.35.0"
@@ -86,10 +85,9 @@ def azurite_blob_script(install_root: Path) -> Path:
     script = folder / "node_modules" / ".bin" / "azurite-blob"
     if script.exists():
         return script
-    install_root.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=install_root))
-    try:
-        command = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(partial), f"azurite@{AZURITE_VERSION}"]
+
+    def npm_install(scratch: Path) -> Path:
+        command = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(scratch), f"azurite@{AZURITE_VERSION}"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
         except subprocess.TimeoutExpired as exc:
@@ -97,13 +95,9 @@ def azurite_blob_script(install_root: Path) -> Path:
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
             raise AzuriteUnavailableError(f"npm install azurite@{AZURITE_VERSION} failed: {' | '.join(tail)}")
-        try:
-            partial.rename(folder)
-        except OSError:
-            if not script.exists():  # anything but another session's install finishing first
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        return scratch
+
+    install_once(folder, script, npm_install)
     return script
 
 

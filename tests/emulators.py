@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -46,3 +49,20 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def install_once(folder: Path, done: Path, build: Callable[[Path], Path]) -> None:
+    """Install a tool into `folder` so that concurrent test runs see the whole tree or none: `build(scratch)` fills a
+    scratch folder beside it and returns the tree to move into place. `done` is the file that shows a finished
+    install; when another run's install lands first, its copy stands."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        tree = build(scratch)
+        try:
+            tree.rename(folder)
+        except OSError:
+            if not done.exists():  # anything but another run's install finishing first
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -7,7 +7,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.emulators import install_once
 
 NGINX_PACKAGE = "nginx"
 _UNAVAILABLE: dict[Path, str] = {}  # why nginx could not be had, by cache folder
@@ -77,20 +77,15 @@ def nginx_binary(cache_root: Path) -> Path:
     apt_get, dpkg_deb = shutil.which("apt-get"), shutil.which("dpkg-deb")
     if not apt_get or not dpkg_deb:
         raise NginxUnavailableError("nginx is not installed and apt-get/dpkg-deb are missing to fetch Debian's package")
-    cache_root.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{NGINX_PACKAGE}.", dir=cache_root))
-    try:
-        package = _download(apt_get, partial)
-        _run([dpkg_deb, "-x", str(package), str(partial / "root")], partial, "dpkg-deb -x")
-        if not (partial / "root" / "usr" / "sbin" / "nginx").exists():
+
+    def unpack(scratch: Path) -> Path:
+        package = _download(apt_get, scratch)
+        _run([dpkg_deb, "-x", str(package), str(scratch / "root")], scratch, "dpkg-deb -x")
+        if not (scratch / "root" / "usr" / "sbin" / "nginx").exists():
             raise NginxUnavailableError(f"{package.name} holds no usr/sbin/nginx")
-        try:
-            (partial / "root").rename(folder)  # atomic: a concurrent run sees the whole tree or none
-        except OSError:
-            if not binary.exists():  # anything but another run's unpacking finishing first
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        return scratch / "root"
+
+    install_once(folder, binary, unpack)
     return binary
 
 

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from naiad import __version__
+from naiad.config.arguments import (
+    backend_config,
+    boolean,
+    metrics_config,
+    non_negative,
+    port,
+    positive,
+    positive_float,
+    quantiles,
+)
 from naiad.config.restrictions import CATEGORIES, RestrictionError, parse_restrictions
-from naiad.config.settings import BACKEND_SETTINGS, DEFAULT_QUANTILES, GrpcSettings, MetricsSettings, ServerSettings
+from naiad.config.settings import (
+    DEFAULT_QUANTILES,
+    GrpcSettings,
+    MetricsSettings,
+    ServerSettings,
+    default_environment_cache,
+)
 
 # tritonserver flags naiad does not implement yet: refused by name, never silently ignored.
 NOT_YET = frozenset((
@@ -26,151 +42,51 @@ NOT_YET = frozenset((
     "vertex-ai-thread-count", "vertex-ai-default-model",
 ))  # fmt: skip
 
-_TRUE = frozenset({"true", "1", "on", "yes"})
-_FALSE = frozenset({"false", "0", "off", "no"})
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got '{text}'") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
-    return port
-
-
-def _at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be greater than {minimum - 1}" if minimum else "must be 0 or more")
-        return value
-
-    return parse
-
-
-_positive = _at_least(1)
-_non_negative = _at_least(0)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
-
-
-def _quantiles(text: str) -> tuple[tuple[float, float], ...]:
-    """Triton's summary_quantiles: `<quantile>:<error>` pairs separated by commas, each number in [0, 1]."""
-    pairs: list[tuple[float, float]] = []
-    for item in text.split(","):
-        quantile, colon, error = item.strip().partition(":")
-        try:
-            pair = (float(quantile), float(error))
-        except ValueError:
-            pair = (-1.0, -1.0)
-        if not colon or not all(0.0 <= number <= 1.0 for number in pair):
-            raise argparse.ArgumentTypeError(
-                f"summary_quantiles: expected <quantile>:<error> pairs of numbers from 0 to 1 separated by commas "
-                f"(e.g. 0.5:0.05,0.9:0.01), got '{item.strip()}'"
-            )
-        pairs.append(pair)
-    return tuple(pairs)
-
-
-def _latency_flag(name: str) -> Callable[[str], bool]:
-    def parse(text: str) -> bool:
-        try:
-            return _bool(text)
-        except argparse.ArgumentTypeError as exc:
-            raise argparse.ArgumentTypeError(f"{name}: {exc}") from None
-
-    return parse
-
-
-# What --metrics-config accepts, as in tritonserver, and how each value is read.
-_METRICS_CONFIG: dict[str, Callable[[str], object]] = {
-    "counter_latencies": _latency_flag("counter_latencies"),
-    "summary_latencies": _latency_flag("summary_latencies"),
-    "histogram_latencies": _latency_flag("histogram_latencies"),
-    "summary_quantiles": _quantiles,
-}
-
-
-def _backend_config(text: str) -> tuple[str, str, str]:
-    """One `--backend-config [BACKEND,]SETTING=VALUE`, as (backend or "" for all, setting, value)."""
-    scope, comma, assignment = text.partition(",")
-    if not comma:
-        scope, assignment = "", text
-    setting, equals, value = assignment.partition("=")
-    setting, value = setting.strip(), value.strip()
-    if not equals or not setting:
-        raise argparse.ArgumentTypeError(f"expected [BACKEND,]SETTING=VALUE, got '{text}'")
-    if setting not in BACKEND_SETTINGS:
-        raise argparse.ArgumentTypeError(
-            f"backend setting '{setting}' is not supported by naiad; supported: {', '.join(sorted(BACKEND_SETTINGS))}"
-        )
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"{setting} must be a non-negative integer, got '{value}'")
-    return scope.strip(), setting, value
-
-
-def _metrics_config(text: str) -> tuple[str, str]:
-    """One `--metrics-config KEY=VALUE`, checked; the value is read again when the settings are built."""
-    key, equals, value = text.partition("=")
-    key, value = key.strip(), value.strip()
-    if not equals:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
-    parse = _METRICS_CONFIG.get(key)
-    if parse is None:
-        raise argparse.ArgumentTypeError(f"unknown setting '{key}'; naiad knows {', '.join(sorted(_METRICS_CONFIG))}")
-    parse(value)
-    return key, value
-
 
 def _metrics_settings(args: argparse.Namespace) -> MetricsSettings:
     config: dict[str, str] = dict(args.metrics_config)  # a key given twice: the last one counts
     address = args.metrics_address
     if address is None:  # as tritonserver: the HTTP address, or every address without HTTP
         address = args.http_address if args.allow_http else "0.0.0.0"
-    quantiles = _quantiles(config["summary_quantiles"]) if "summary_quantiles" in config else DEFAULT_QUANTILES
+    summary = quantiles(config["summary_quantiles"]) if "summary_quantiles" in config else DEFAULT_QUANTILES
     return MetricsSettings(
         address=address,
         interval_ms=args.metrics_interval_ms,
         gpu=args.allow_gpu_metrics,
         cpu=args.allow_cpu_metrics,
-        counter_latencies=_bool(config.get("counter_latencies", "true")),
-        summary_latencies=_bool(config.get("summary_latencies", "false")),
-        histogram_latencies=_bool(config.get("histogram_latencies", "false")),
-        summary_quantiles=quantiles,
+        counter_latencies=boolean(config.get("counter_latencies", "true")),
+        summary_latencies=boolean(config.get("summary_latencies", "false")),
+        histogram_latencies=boolean(config.get("histogram_latencies", "false")),
+        summary_quantiles=summary,
     )
 
 
 def _backend_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend-config",
-        type=_backend_config,
+        type=backend_config,
         action="append",
         default=[],
         metavar="[BACKEND,]SETTING=VALUE",
-        help="a backend setting, for one backend or (without BACKEND,) for all: default-max-batch-size=N, the "
-        "max_batch_size auto-complete gives a model that can batch (default 4); repeat for several",
+        help="a backend setting, for one backend or (without BACKEND,) for all; repeat for several: "
+        "default-max-batch-size=N, the max_batch_size auto-complete gives a model that can batch (default 4); for "
+        "python (Triton's names): shm-default-byte-size=N and shm-growth-byte-size=N, the shared memory of each "
+        "instance process (first segment and each further one, default 1 MiB), stub-timeout-seconds=N, how long an "
+        "instance process may take to start and to exit after finalize (default 30), shm-region-prefix-name=NAME",
+    )
+    _flag(
+        parser,
+        "--allow-model-requirements",
+        False,
+        "build a Python model's environment from the requirements.txt beside its model.py when it loads (pip "
+        "install into a cached venv; installing packages at load time never happens without this)",
+    )
+    parser.add_argument(
+        "--model-environment-cache",
+        default=default_environment_cache(),
+        metavar="DIR",
+        help="where models' Python environments (EXECUTION_ENV_PATH tarballs, requirements.txt builds) are unpacked "
+        "and built, once per content (default $XDG_CACHE_HOME/naiad/environments or ~/.cache/naiad/environments)",
     )
 
 
@@ -186,7 +102,7 @@ def _auto_complete_flags(parser: argparse.ArgumentParser) -> None:
 def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) -> None:
     parser.add_argument(
         name,
-        type=_bool,
+        type=boolean,
         nargs="?",
         const=True,
         default=default,
@@ -219,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--id", default="naiad", help="the server's name in server metadata (default naiad)")
     serve.add_argument("--http-address", default="0.0.0.0", help="address the HTTP service binds (default 0.0.0.0)")
-    serve.add_argument("--http-port", type=_port, default=8000, help="HTTP port (default 8000)")
-    serve.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port (default 8001)")
+    serve.add_argument("--http-port", type=port, default=8000, help="HTTP port (default 8000)")
+    serve.add_argument("--grpc-port", type=port, default=8001, help="gRPC port (default 8001)")
     serve.add_argument("--grpc-address", default="0.0.0.0", help="address the gRPC service binds (default 0.0.0.0)")
     _flag(serve, "--reuse-grpc-port", False, "let several servers share the gRPC port (SO_REUSEPORT)")
     _flag(serve, "--grpc-use-ssl", False, "serve gRPC over TLS (needs --grpc-server-cert and --grpc-server-key)")
@@ -235,48 +151,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="compress gRPC responses to clients that accept it (default none)",
     )
     serve.add_argument(
-        "--grpc-keepalive-time", type=_non_negative, default=7_200_000, metavar="MS", help="keep-alive ping period"
+        "--grpc-keepalive-time", type=non_negative, default=7_200_000, metavar="MS", help="keep-alive ping period"
     )
     serve.add_argument(
-        "--grpc-keepalive-timeout", type=_non_negative, default=20_000, metavar="MS", help="wait for a ping's answer"
+        "--grpc-keepalive-timeout", type=non_negative, default=20_000, metavar="MS", help="wait for a ping's answer"
     )
     _flag(serve, "--grpc-keepalive-permit-without-calls", False, "allow keep-alive pings with no call open")
     serve.add_argument(
         "--grpc-http2-max-pings-without-data",
-        type=_non_negative,
+        type=non_negative,
         default=2,
         metavar="N",
         help="pings the server sends with no data in between (0: no limit)",
     )
     serve.add_argument(
         "--grpc-http2-min-recv-ping-interval-without-data",
-        type=_non_negative,
+        type=non_negative,
         default=300_000,
         metavar="MS",
         help="shortest interval between a client's pings with no data before they count as strikes",
     )
     serve.add_argument(
         "--grpc-http2-max-ping-strikes",
-        type=_non_negative,
+        type=non_negative,
         default=2,
         metavar="N",
         help="bad pings before the connection is closed (0: no limit)",
     )
     serve.add_argument(
         "--grpc-max-connection-age",
-        type=_non_negative,
+        type=non_negative,
         default=0,
         metavar="MS",
         help="close older connections (0: no limit)",
     )
     serve.add_argument(
         "--grpc-max-connection-age-grace",
-        type=_non_negative,
+        type=non_negative,
         default=0,
         metavar="MS",
         help="time calls get to finish once a connection is too old (0: no limit)",
     )
-    serve.add_argument("--metrics-port", type=_port, default=8002, help="metrics port (default 8002)")
+    serve.add_argument("--metrics-port", type=port, default=8002, help="metrics port (default 8002)")
     serve.add_argument(
         "--metrics-address",
         default=None,
@@ -284,14 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--metrics-interval-ms",
-        type=_positive,
+        type=positive,
         default=2000,
         metavar="MS",
         help="how often the CPU and GPU gauges are refreshed (default 2000)",
     )
     serve.add_argument(
         "--metrics-config",
-        type=_metrics_config,
+        type=metrics_config,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -315,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--repository-poll-secs",
-        type=_positive_float,
+        type=positive_float,
         default=15.0,
         metavar="SECONDS",
         help="poll mode: seconds between two looks at the repository (default 15)",
@@ -336,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--model-load-thread-count",
-        type=_positive,
+        type=positive,
         default=4,
         help="how many models load at the same time (default 4)",
     )
@@ -344,13 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_config_flag(serve)
     serve.add_argument(
         "--exit-timeout-secs",
-        type=_non_negative,
+        type=non_negative,
         default=30,
         help="how long shutdown waits for requests in flight (default 30)",
     )
     serve.add_argument(
         "--http-max-input-size",
-        type=_positive,
+        type=positive,
         default=64 * 1024 * 1024,
         help="largest request body in bytes, after decompression (default 67108864)",
     )
@@ -359,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
             flag, action="append", default=[], metavar="API,...:KEY=VALUE",
             help=f"these APIs ({', '.join(CATEGORIES)}) answer only calls whose {where} KEY is VALUE (repeatable)",
         )  # fmt: skip
-    serve.add_argument("--log-verbose", type=_non_negative, default=0, help="verbose logging level (default 0)")
+    serve.add_argument("--log-verbose", type=non_negative, default=0, help="verbose logging level (default 0)")
     _flag(serve, "--log-info", True, "log informational messages")
     _flag(serve, "--log-warning", True, "log warnings")
     _flag(serve, "--log-error", True, "log errors")
@@ -446,6 +362,8 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         exit_timeout_secs=args.exit_timeout_secs,
         disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
         backend_config=_backend_settings(args.backend_config),
+        allow_model_requirements=args.allow_model_requirements,
+        model_environment_cache=args.model_environment_cache,
         http_max_input_size=args.http_max_input_size,
         http_restricted=parse_restrictions(args.http_restricted_api, "--http-restricted-api"),
         log_verbose=args.log_verbose,
@@ -490,17 +408,17 @@ def _export_parser(commands: Any) -> None:
     )
     export.add_argument("--repository", type=Path, required=True, help="the model repository to write into")
     export.add_argument("--name", required=True, help="the model's name (its folder)")
-    export.add_argument("--version", type=_positive, default=1, help="the version folder (default 1)")
+    export.add_argument("--version", type=positive, default=1, help="the version folder (default 1)")
     export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript", help="default torchscript")
     export.add_argument("--script", action="store_true", help="torch.jit.script instead of torch.jit.trace")
     export.add_argument(
         "--max-batch-size",
-        type=_non_negative,
+        type=non_negative,
         default=8,
         help="the model's max_batch_size; 0 when the first dimension is not a batch (default 8)",
     )
     export.add_argument("--no-dynamic-batching", action="store_true", help="leave dynamic_batching out of config.pbtxt")
-    export.add_argument("--opset", type=_positive, help="the ONNX opset (default: torch's)")
+    export.add_argument("--opset", type=positive, help="the ONNX opset (default: torch's)")
     export.add_argument(
         "--filename", default="", help="the model file's name, if not model.pt / model.onnx (default_model_filename)"
     )
@@ -544,6 +462,8 @@ def check_settings_from(args: argparse.Namespace) -> ServerSettings:
         exit_on_error=False,
         disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
         backend_config=_backend_settings(args.backend_config),
+        allow_model_requirements=args.allow_model_requirements,
+        model_environment_cache=args.model_environment_cache,
     )
 
 

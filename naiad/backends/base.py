@@ -69,3 +69,7 @@ class Backend(Protocol):
 
     def load(self, context: InstanceContext) -> ModelInstance:
         """Load one instance; raise `ServerError` with the reason when it cannot load."""
+
+    def runs_in_processes(self, parameters: Mapping[str, str], model_name: str) -> bool:
+        """Whether a model's instances (and its auto-complete) each run in a process of their own, given the
+        config's `parameters`; raise `ServerError` for parameters that cannot be honoured."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,10 @@ def _import_ort(model: str) -> Any:
 
 class OnnxRuntimeBackend:
     """Serves `model.onnx` files (or a `model.onnx/` folder holding `model.onnx` and its external data)."""
+
+    def runs_in_processes(self, parameters: Mapping[str, str], model_name: str) -> bool:
+        """False: the instances are threads of the server, since the framework releases the GIL while it runs."""
+        return False
 
     def auto_complete(
         self, raw: dict[str, Any], model_dir: Path, version_dir: Path, default_max_batch_size: int

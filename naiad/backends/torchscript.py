@@ -8,7 +8,7 @@ import logging
 import threading
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,10 @@ def _import_torch(model: str) -> Any:
 
 class TorchScriptBackend:
     """Serves `model.pt` files written by `torch.jit.save`."""
+
+    def runs_in_processes(self, parameters: Mapping[str, str], model_name: str) -> bool:
+        """False: the instances are threads of the server, since the framework releases the GIL while it runs."""
+        return False
 
     def auto_complete(
         self, raw: dict[str, Any], model_dir: Path, version_dir: Path, default_max_batch_size: int

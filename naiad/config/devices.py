@@ -39,3 +39,13 @@ def _nvml_count() -> int:
         return 0
     finally:
         nvml.nvmlShutdown()
+
+
+def cuda_device(device_id: int) -> str:
+    """What `CUDA_VISIBLE_DEVICES` must say for a process to see CUDA device `device_id` of this one, and no other:
+    the entry of this process's own list, or the id itself when there is no list."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return str(device_id)
+    entries = [part.strip() for part in listed.split(",")]
+    return entries[device_id] if device_id < len(entries) else str(device_id)

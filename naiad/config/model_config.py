@@ -107,6 +107,17 @@ def build(raw: dict[str, Any], folder_name: str, gpus: tuple[int, ...] = ()) -> 
     )
 
 
+def parameter_values(raw: dict[str, Any]) -> dict[str, str]:
+    """The `parameters` of a config in Triton's JSON form, as their string values."""
+    parameters = raw.get("parameters", {})
+    if not isinstance(parameters, dict):
+        return {}
+    return {
+        str(key): str(value.get("string_value", "")) if isinstance(value, dict) else ""
+        for key, value in parameters.items()
+    }
+
+
 def check_file_names(raw: dict[str, Any], where: str) -> None:
     """Every file a config (Triton's JSON form) names must lie inside the model's folder: a config may come from a
     load request, and a path like `/etc/passwd` or `../../x.pt` would make the server read, import or unpickle any

@@ -2,14 +2,62 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from naiad.config.restrictions import NO_RESTRICTIONS, Restrictions
 
-# Triton's `--backend-config` settings that naiad applies, with their defaults.
-BACKEND_SETTINGS = {"default-max-batch-size": "4"}
+# Triton's `--backend-config` settings that naiad applies, with their defaults (Triton's, but the segment prefix).
+BACKEND_SETTINGS = {
+    "default-max-batch-size": "4",
+    "shm-default-byte-size": str(1024 * 1024),
+    "shm-growth-byte-size": str(1024 * 1024),
+    "stub-timeout-seconds": "30",
+    "shm-region-prefix-name": "naiad_python_backend_shm_region_",
+}
+# Those of the Python backend alone: given for another backend they are refused.
+PYTHON_BACKEND_SETTINGS = frozenset(
+    ("shm-default-byte-size", "shm-growth-byte-size", "stub-timeout-seconds", "shm-region-prefix-name")
+)
+# Triton's Python-backend settings that mean nothing here, and why.
+REFUSED_BACKEND_SETTINGS = {
+    "thread-pool-size": "naiad has no such pool: an instance process's BLS calls and responses are handled on the "
+    "server's event loop",
+    "shm_message_queue_size": "naiad's messages to instance processes go over a socket, not a queue of fixed size",
+}
+
+
+def check_backend_setting(backend: str, setting: str, value: str) -> str:
+    """Why `--backend-config=[backend,]setting=value` is refused, or "" when naiad takes it."""
+    refused = REFUSED_BACKEND_SETTINGS.get(setting)
+    if refused is not None:
+        return f"backend setting '{setting}' is refused: {refused}"
+    if setting not in BACKEND_SETTINGS:
+        return (
+            f"backend setting '{setting}' is not supported by naiad; supported: {', '.join(sorted(BACKEND_SETTINGS))}"
+        )
+    if setting in PYTHON_BACKEND_SETTINGS and backend not in ("", "python"):
+        return f"backend setting '{setting}' is a setting of the python backend, not of '{backend}'"
+    if setting == "shm-region-prefix-name":
+        if not value or "/" in value:
+            return "shm-region-prefix-name must at least contain one character, and no '/'"
+        return ""
+    if not value.isdigit():
+        return f"{setting} must be a non-negative integer, got '{value}'"
+    if setting == "shm-default-byte-size" and int(value) < 1024 * 1024:
+        return "shm-default-byte-size can't be smaller than 1 MiB (1048576)"
+    if setting in ("shm-growth-byte-size", "stub-timeout-seconds") and int(value) <= 0:
+        return f"{setting} can't be smaller than or equal to zero."
+    return ""
+
+
+def default_environment_cache() -> str:
+    """Where models' Python environments are unpacked and built unless --model-environment-cache says:
+    `$XDG_CACHE_HOME/naiad/environments`, else `~/.cache/naiad/environments`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "naiad", "environments")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +128,8 @@ class ServerSettings:
     disable_auto_complete_config: bool = False
     # --backend-config: backend name ("" for every backend) -> setting -> value
     backend_config: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    allow_model_requirements: bool = False  # build a Python model's environment from its requirements.txt
+    model_environment_cache: str = field(default_factory=default_environment_cache)
     http_max_input_size: int = 64 * 1024 * 1024
     http_restricted: Restrictions = field(default_factory=lambda: NO_RESTRICTIONS)  # --http-restricted-api
     log_verbose: int = 0

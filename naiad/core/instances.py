@@ -1,18 +1,22 @@
-"""Model instances: each runs its backend on a thread of its own, one execution at a time."""
+"""Model instances as the scheduler sees them (`Runner`: load, execute a list of requests, unload), and where each
+runs: on a thread of the server (`InstanceRunner`; TorchScript and ONNX Runtime release the GIL), or in a process of
+its own (`naiad.processes`; Python models, by default), chosen by the backend."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from naiad.backends.base import Backend, InstanceContext, ModelInstance
+from naiad.backends.base import Backend, InstanceContext, ModelCaller, ModelInstance
 from naiad.domain.errors import ServerError, internal
 from naiad.domain.tensors import InferenceRequest, InferenceResult
+from naiad.processes.supervisor import InstanceWatcher, ProcessRunner, Supervisor
 
 logger = logging.getLogger("naiad.core")
 
@@ -22,8 +26,58 @@ Done = Callable[[Outcome, int, int], None]
 _STOP = object()
 
 
+class Runner(Protocol):
+    """One instance of a model, wherever it runs; `execute` is called on the loop, one batch at a time."""
+
+    context: InstanceContext
+    name: str
+    restarts: int
+
+    @property
+    def available(self) -> bool:
+        """Whether it can take a batch now (false while its process is started again)."""
+
+    @property
+    def pid(self) -> int:
+        """The process it runs in (0 while it has none)."""
+
+    def watch(self, watcher: InstanceWatcher) -> None:
+        """Tell `watcher` when it goes down, comes back, or is lost for good."""
+
+    async def load(self, backend: Backend) -> None:
+        """Load it (Triton's initialize); raises `ServerError` with the reason."""
+
+    def execute(self, requests: Sequence[InferenceRequest], done: Done) -> None:
+        """Run a batch; `done(outcome, start_ns, end_ns)` is then called on the loop."""
+
+    async def unload(self) -> None:
+        """Unload it (Triton's finalize)."""
+
+    def stop(self) -> None:
+        """End it without unloading (its load failed)."""
+
+
+class Placement:
+    """Where the instances of a model run, as its backend says: a thread of the server, or a process of their own."""
+
+    def __init__(self, caller: ModelCaller, loop: asyncio.AbstractEventLoop, supervisor: Supervisor) -> None:
+        self.caller = caller
+        self.loop = loop
+        self.supervisor = supervisor
+
+    def runner(self, context: InstanceContext, backend: Backend) -> Runner:
+        """A runner, not yet loaded, for one instance."""
+        config = context.config
+        if backend.runs_in_processes(config.parameters, config.name):
+            return ProcessRunner(context, self.loop, self.supervisor)
+        return InstanceRunner(context, self.loop)
+
+
 class InstanceRunner:
-    """One instance of a model: its backend object and the thread that calls it."""
+    """One instance of a model in the server's process: its backend object and the thread that calls it."""
+
+    available = True  # a thread does not die on its own
+    restarts = 0
 
     def __init__(self, context: InstanceContext, loop: asyncio.AbstractEventLoop) -> None:
         self.context = context
@@ -33,6 +87,14 @@ class InstanceRunner:
         self._instance: ModelInstance | None = None
         self._thread = threading.Thread(target=self._serve, name=f"naiad-{self.name}", daemon=True)
         self._thread.start()
+
+    @property
+    def pid(self) -> int:
+        """The server's own process."""
+        return os.getpid()
+
+    def watch(self, watcher: InstanceWatcher) -> None:
+        """Nothing to tell: the thread lives as long as the server."""
 
     async def load(self, backend: Backend) -> None:
         """Load the backend's instance on this instance's own thread."""

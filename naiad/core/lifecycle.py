@@ -19,6 +19,7 @@ from typing import Any
 from naiad.backends.base import ModelCaller
 from naiad.config.devices import visible_gpus
 from naiad.core.ensemble import EnsembleScheduler, Submit, check_steps, load_order
+from naiad.core.instances import Placement
 from naiad.core.model import ModelState, ModelVersion
 from naiad.core.preparation import Prepared, Preparer
 from naiad.core.reloads import change_instances, instances_only, unchanged_versions
@@ -27,6 +28,8 @@ from naiad.core.stores.base import Fingerprint, Store, StoreError
 from naiad.core.stores.inline import InlineStore, UnsafePathError
 from naiad.domain.errors import ServerError, invalid, not_found, unavailable
 from naiad.domain.model_config import ModelConfig
+from naiad.processes.launch import ProcessSettings
+from naiad.processes.supervisor import Supervisor
 
 logger = logging.getLogger("naiad.core")
 
@@ -70,26 +73,26 @@ class ModelManager:
         default_max_batch_size: Callable[[str], int] = lambda backend: 4,
         load_threads: int = 4,
         cache: Path | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._stores = stores
         self._cache = cache  # where a load request's files are written
         self._records: dict[str, ModelRecord] = {}
-        self._preparer = Preparer(auto_complete, default_max_batch_size, visible_gpus())
+        self._supervisor = supervisor if supervisor is not None else Supervisor(ProcessSettings())
+        self._preparer = Preparer(auto_complete, default_max_batch_size, visible_gpus(), self._supervisor)
         self._loads = asyncio.Semaphore(max(1, load_threads))
         self._control = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()  # replaced versions finishing their requests
         self._folders: dict[Path, Store] = {}  # fetched folders not yet released, and the store that fetched each
         self._pending: set[Path] = set()  # folders fetched by the control operation running now
         self._closing = False
-        self._caller: ModelCaller | None = None
+        self._placement: Placement | None = None
         self._submit: Submit | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, caller: ModelCaller, submit: Submit) -> None:
         """What models call other models with (BLS) and what ensembles submit their steps to."""
-        self._caller = caller
+        self._placement = Placement(caller, asyncio.get_running_loop(), self._supervisor)
         self._submit = submit
-        self._loop = asyncio.get_running_loop()
 
     # What the repositories hold
 
@@ -328,7 +331,7 @@ class ModelManager:
 
     async def _swap(self, record: ModelRecord, prepared: Prepared, force: bool) -> None:
         """Load the versions that are new or changed, then serve them in place of the old ones."""
-        assert prepared.backend is not None and self._caller is not None and self._loop is not None
+        assert prepared.backend is not None and self._placement is not None
         if instances_only(record.loaded, record.serving, prepared):
             await self._change_instances(record, prepared)
             return
@@ -338,7 +341,9 @@ class ModelManager:
             for number in prepared.selected
             if number not in keep
         }
-        await asyncio.gather(*(v.load(prepared.backend, self._caller, self._loop) for v in fresh.values()))
+        for version in fresh.values():
+            version.on_lost = self._version_lost
+        await asyncio.gather(*(v.load(prepared.backend, self._placement) for v in fresh.values()))
         failed = [v for v in fresh.values() if v.state is not ModelState.READY]
         if failed and record.serving:  # a failed reload: the old versions serve on
             for version in fresh.values():
@@ -351,10 +356,10 @@ class ModelManager:
 
     async def _change_instances(self, record: ModelRecord, prepared: Prepared) -> None:
         """Only `instance_group` changed: add and remove instances in every serving version, which keep serving."""
-        assert self._caller is not None and self._loop is not None and record.loaded is not None
+        assert self._placement is not None and record.loaded is not None
         serving = record.serving
         try:
-            changes = await change_instances(serving, prepared, self._caller, self._loop)
+            changes = await change_instances(serving, prepared, self._placement)
         except Exception as exc:  # a model's initialize may raise anything: the old instances serve on
             self._failed(record, exc.message if isinstance(exc, ServerError) else f"{type(exc).__name__}: {exc}")
             return
@@ -401,6 +406,14 @@ class ModelManager:
         self._log_versions(record, versions)
         if retiring:
             self._retire_in_background(record, retiring)
+
+    def _version_lost(self, version: ModelVersion) -> None:
+        """Every instance of a serving version was given up: requests go to the other versions, if any."""
+        record = self._records.get(version.name)
+        if record is None or record.versions.get(version.version) is not version:
+            return
+        record.refresh_latest()
+        logger.error("model '%s' version %d is unavailable: %s", version.name, version.version, version.reason)
 
     def _retire_in_background(self, record: ModelRecord, retiring: list[ModelVersion]) -> asyncio.Task[None]:
         """Unload `retiring` once each has answered the requests it holds, then release the folders nothing uses."""
@@ -496,9 +509,7 @@ class ModelManager:
             if not record.wanted:
                 continue
             loaded = record.loaded
-            if loaded is None or any(
-                (v := record.versions.get(n)) is None or v.state is not ModelState.READY for n in loaded.selected
-            ):
+            if loaded is None or any((v := record.versions.get(n)) is None or not v.live for n in loaded.selected):
                 return False
         return True
 

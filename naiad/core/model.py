@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from naiad.backends.base import Backend, InstanceContext, ModelCaller
 from naiad.core.ensemble import EnsembleScheduler
-from naiad.core.instances import InstanceRunner
+from naiad.core.instances import Placement, Runner
 from naiad.core.outputs import OutputShaper
 from naiad.core.scheduler import Scheduler
 from naiad.core.stats import ModelStats
@@ -49,8 +49,9 @@ class ModelVersion:
     stats: ModelStats
     state: ModelState = ModelState.LOADING
     reason: str = ""
-    runners: tuple[InstanceRunner, ...] = ()
+    runners: tuple[Runner, ...] = ()
     load_seconds: float = 0.0  # how long the last successful load took
+    on_lost: Callable[[ModelVersion], None] | None = None  # told when every instance is lost for good
     _serving: Serving | None = None
     _unloading: asyncio.Task[None] | None = None
     _dropping: set[asyncio.Task[None]] = field(default_factory=set)  # instances an update dropped, unloading
@@ -92,11 +93,30 @@ class ModelVersion:
             for index in range(group.count)
         ]
 
-    async def load(self, backend: Backend, caller: ModelCaller, loop: asyncio.AbstractEventLoop) -> None:
+    @property
+    def live(self) -> bool:
+        """Whether it can serve now: READY, with an instance that is not being started again (an ensemble's
+        composing models answer for themselves)."""
+        if self.state is not ModelState.READY:
+            return False
+        serving = self._serving
+        if serving is None or not isinstance(serving.scheduler, Scheduler):
+            return serving is not None
+        return any(runner.available for runner in self.runners)
+
+    @property
+    def live_instances(self) -> int | None:
+        """How many instances can execute now (None for an ensemble, which has none of its own)."""
+        serving = self._serving
+        if serving is not None and not isinstance(serving.scheduler, Scheduler):
+            return None
+        return sum(1 for runner in self.runners if runner.available)
+
+    async def load(self, backend: Backend, placement: Placement) -> None:
         """Load every instance; on failure the version is UNAVAILABLE with the reason, and nothing is left running."""
         started = time.monotonic()
         config = self.config
-        runners = [InstanceRunner(context, loop) for context in self.instance_contexts(config, caller)]
+        runners = [placement.runner(context, backend) for context in self.instance_contexts(config, placement.caller)]
         failure = await _load_together(runners, backend)
         try:
             if failure is not None:
@@ -110,19 +130,19 @@ class ModelVersion:
             self.reason = _reason(exc, self.name, self.version)
             return
         self.runners = tuple(runners)
-        scheduler = Scheduler(runners, self.stats, config.max_batch_size, config.dynamic_batching, loop)
+        scheduler = Scheduler(runners, self.stats, config.max_batch_size, config.dynamic_batching, placement.loop)
         self._serving = Serving(checker, shaper, scheduler)
+        for runner in runners:
+            runner.watch(self)
         self.load_seconds = time.monotonic() - started
         self.state = ModelState.READY
 
-    async def start_instances(
-        self, config: ModelConfig, backend: Backend, caller: ModelCaller, loop: asyncio.AbstractEventLoop
-    ) -> InstanceChange:
+    async def start_instances(self, config: ModelConfig, backend: Backend, placement: Placement) -> InstanceChange:
         """Load the instances `config` has and this READY version lacks (`config` differs in its instance groups
         only); raises `ServerError` with the reason when one fails, with none of them left running."""
         have = {_identity(runner.context) for runner in self.runners}
-        wanted = self.instance_contexts(config, caller)
-        added = [InstanceRunner(context, loop) for context in wanted if _identity(context) not in have]
+        wanted = self.instance_contexts(config, placement.caller)
+        added = [placement.runner(context, backend) for context in wanted if _identity(context) not in have]
         failure = await _load_together(added, backend)
         if failure is not None:
             raise invalid(_reason(failure, self.name, self.version))
@@ -136,6 +156,8 @@ class ModelVersion:
         scheduler = self.serving.scheduler
         assert isinstance(scheduler, Scheduler)
         scheduler.add_instances(change.added)
+        for runner in change.added:
+            runner.watch(self)
         self.runners = tuple(r for r in self.runners if r not in change.dropped) + change.added
         self.config = change.config
         task = asyncio.get_running_loop().create_task(
@@ -144,6 +166,41 @@ class ModelVersion:
         self._dropping.add(task)
         task.add_done_callback(self._dropping.discard)
         return task
+
+    # What the instances tell (naiad.processes.supervisor.InstanceWatcher)
+
+    def instance_down(self, runner: Runner) -> None:
+        """An instance's process died: no work for it until it is back."""
+        self.stats.restarts += 1
+        scheduler = self._scheduler()
+        if scheduler is not None:
+            scheduler.instance_down(runner)
+
+    def instance_up(self, runner: Runner) -> None:
+        """An instance serves again."""
+        scheduler = self._scheduler()
+        if scheduler is not None:
+            scheduler.instance_up(runner)
+
+    def instance_lost(self, runner: Runner, reason: str) -> None:
+        """An instance was given up; with none left, the version is UNAVAILABLE and what it queued fails."""
+        scheduler = self._scheduler()
+        if scheduler is not None:
+            scheduler.instance_gone(runner)
+        self.runners = tuple(r for r in self.runners if r is not runner)
+        if self.runners or self.state is not ModelState.READY:
+            return
+        self.state = ModelState.UNAVAILABLE
+        self.reason = reason
+        self._serving = None
+        if scheduler is not None:
+            scheduler.fail_queued(unavailable(f"model '{self.name}' version {self.version} is unavailable: {reason}"))
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def _scheduler(self) -> Scheduler | None:
+        serving = self._serving
+        return serving.scheduler if serving is not None and isinstance(serving.scheduler, Scheduler) else None
 
     def serve(self, scheduler: EnsembleScheduler) -> None:
         """Serve with a scheduler that needs no instances (an ensemble's)."""
@@ -173,11 +230,11 @@ class InstanceChange:
     """A version's new config and the instances it adds (loaded, not yet serving) and drops."""
 
     config: ModelConfig
-    added: tuple[InstanceRunner, ...]
-    dropped: tuple[InstanceRunner, ...]
+    added: tuple[Runner, ...]
+    dropped: tuple[Runner, ...]
 
 
-async def _load_together(runners: list[InstanceRunner], backend: Backend) -> BaseException | None:
+async def _load_together(runners: list[Runner], backend: Backend) -> BaseException | None:
     """Load every instance at once; when one fails, its thread ends, the others unload, and its error is returned."""
     outcomes = await asyncio.gather(*(runner.load(backend) for runner in runners), return_exceptions=True)
     failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
@@ -190,7 +247,7 @@ async def _load_together(runners: list[InstanceRunner], backend: Backend) -> Bas
     return failure
 
 
-async def _unload_when_idle(idle: Awaitable[object], runners: tuple[InstanceRunner, ...]) -> None:
+async def _unload_when_idle(idle: Awaitable[object], runners: tuple[Runner, ...]) -> None:
     await idle
     await asyncio.gather(*(runner.unload() for runner in runners))
 

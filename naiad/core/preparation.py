@@ -14,6 +14,7 @@ from naiad.config import model_config, pbtxt
 from naiad.core.stores.base import Fingerprint, Store, versions_on_disk
 from naiad.domain.errors import invalid
 from naiad.domain.model_config import ModelConfig
+from naiad.processes.supervisor import Supervisor
 
 # Which backend a model folder without a config.pbtxt is for, from the file in its version folder.
 _FILE_BACKENDS = (("model.py", "python"), ("model.pt", "pytorch"), ("model.onnx", "onnxruntime"))
@@ -38,6 +39,7 @@ class Preparer:
     auto_complete: bool
     default_max_batch_size: Callable[[str], int]
     gpus: tuple[int, ...]
+    supervisor: Supervisor  # runs the auto-complete of models whose instances run in processes of their own
 
     def prepare(
         self, name: str, folder: Path, fingerprint: Fingerprint, override: Mapping[str, Any] | None
@@ -55,9 +57,13 @@ class Preparer:
         if backend is not None and not raw.get("backend") and not raw.get("platform"):
             raw["backend"] = backend_name
         if backend is not None and self.auto_complete and on_disk:
-            raw = backend.auto_complete(
-                raw, folder, folder / str(on_disk[-1]), self.default_max_batch_size(backend_name)
-            )
+            version_dir = folder / str(on_disk[-1])
+            max_batch_size = self.default_max_batch_size(backend_name)
+            parameters = model_config.parameter_values(raw)
+            if backend.runs_in_processes(parameters, name):
+                raw = self.supervisor.auto_complete(backend_name, raw, parameters, folder, version_dir, max_batch_size)
+            else:
+                raw = backend.auto_complete(raw, folder, version_dir, max_batch_size)
         config = model_config.build(raw, name, self.gpus)
         selected = config.version_policy.select(on_disk)
         if not selected:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from naiad.backends.base import ModelCaller
+from naiad.core.instances import Placement
 from naiad.core.model import InstanceChange, ModelVersion
 from naiad.core.preparation import Prepared
 from naiad.core.stores.base import model_stamps, version_stamps
@@ -50,7 +50,7 @@ def _beside_config(prepared: Prepared) -> frozenset[tuple[str, str]]:
 
 
 async def change_instances(
-    serving: Sequence[ModelVersion], prepared: Prepared, caller: ModelCaller, loop: asyncio.AbstractEventLoop
+    serving: Sequence[ModelVersion], prepared: Prepared, placement: Placement
 ) -> list[tuple[InstanceChange, asyncio.Task[None]]]:
     """Give each serving version the instances of `prepared.config`: the new ones are loaded for every version
     first, and only when all load does any version switch; raises `ServerError` (nothing changed) otherwise. Each
@@ -58,7 +58,7 @@ async def change_instances(
     assert prepared.backend is not None
     backend = prepared.backend
     started = await asyncio.gather(
-        *(v.start_instances(prepared.config, backend, caller, loop) for v in serving), return_exceptions=True
+        *(v.start_instances(prepared.config, backend, placement) for v in serving), return_exceptions=True
     )
     failure = next((outcome for outcome in started if isinstance(outcome, BaseException)), None)
     changes = [outcome for outcome in started if isinstance(outcome, InstanceChange)]

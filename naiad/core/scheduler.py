@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 
-from naiad.core.instances import InstanceRunner, Outcome
+from naiad.core.instances import Outcome, Runner
 from naiad.core.stats import ModelStats
 from naiad.core.validation import tag
 from naiad.domain.errors import ServerError, unavailable
@@ -58,7 +58,7 @@ class Scheduler:
 
     def __init__(
         self,
-        runners: list[InstanceRunner],
+        runners: list[Runner],
         stats: ModelStats,
         max_batch_size: int,
         batching: DynamicBatching | None,
@@ -67,7 +67,8 @@ class Scheduler:
         self._loop = loop
         self._stats = stats
         self._instances = len(runners)
-        self._idle: deque[InstanceRunner] = deque(runners)
+        self._idle: deque[Runner] = deque(runners)
+        self._down: set[Runner] = set()  # instances whose process is being started again
         self._settled: list[asyncio.Future[None]] = []
         self._queue: deque[Pending] = deque()
         self._delayed: deque[Pending] = deque()
@@ -92,7 +93,7 @@ class Scheduler:
         self._next_batch = 0
         self._next_delivery = 0
         self._finished: dict[int, list[tuple[Pending, InferenceResult | ServerError]]] = {}
-        self._leaving: dict[InstanceRunner, asyncio.Future[None]] = {}  # busy instances to retire when done
+        self._leaving: dict[Runner, asyncio.Future[None]] = {}  # busy instances to retire when done
 
     @property
     def queued(self) -> int:
@@ -102,16 +103,16 @@ class Scheduler:
     @property
     def busy(self) -> bool:
         """Whether a request is queued or executing."""
-        return bool(self._queue or self._delayed) or len(self._idle) < self._instances
+        return bool(self._queue or self._delayed) or len(self._idle) + len(self._down) < self._instances
 
-    def add_instances(self, runners: Sequence[InstanceRunner]) -> None:
+    def add_instances(self, runners: Sequence[Runner]) -> None:
         """Serve with these loaded instances too, from now on."""
         self._instances += len(runners)
         self._idle.extend(runners)
         if self._queue or self._delayed:
             self._dispatch()
 
-    def remove_instances(self, runners: Sequence[InstanceRunner]) -> asyncio.Future[list[None]]:
+    def remove_instances(self, runners: Sequence[Runner]) -> asyncio.Future[list[None]]:
         """Give these instances no more work from now on; the future is done once none of them is executing (they
         stay loaded)."""
         leaving: list[asyncio.Future[None]] = []
@@ -119,9 +120,59 @@ class Scheduler:
             if runner in self._idle:
                 self._idle.remove(runner)
                 self._instances -= 1
+            elif runner in self._down:
+                self._down.discard(runner)
+                self._instances -= 1
             else:
                 leaving.append(self._leaving.setdefault(runner, self._loop.create_future()))
         return asyncio.gather(*leaving)
+
+    def instance_down(self, runner: Runner) -> None:
+        """No work for this instance until `instance_up` (a batch it held comes back failed meanwhile)."""
+        if runner in self._idle:
+            self._idle.remove(runner)
+            self._down.add(runner)
+
+    def instance_up(self, runner: Runner) -> None:
+        """The instance serves again."""
+        if runner not in self._down:
+            return
+        self._down.discard(runner)
+        left = self._leaving.pop(runner, None)
+        if left is not None:  # removed while it was down
+            self._instances -= 1
+            left.set_result(None)
+            return
+        self._idle.append(runner)
+        if self._queue or self._delayed:
+            self._dispatch()
+
+    def instance_gone(self, runner: Runner) -> None:
+        """The instance is lost for good."""
+        if runner in self._idle:
+            self._idle.remove(runner)
+        elif runner in self._down:
+            self._down.discard(runner)
+        else:
+            return  # not among this scheduler's instances
+        self._instances -= 1
+        left = self._leaving.pop(runner, None)
+        if left is not None:
+            left.set_result(None)
+        if self._settled:
+            self._wake_settled()
+
+    def fail_queued(self, error: ServerError) -> None:
+        """Answer every queued request with `error` (no instance is left to run them)."""
+        for queue in (self._queue, self._delayed):
+            while queue:
+                pending = queue.popleft()
+                if pending.timer is not None:
+                    pending.timer.cancel()
+                    pending.timer = None
+                pending.finish(error)
+        if self._settled:
+            self._wake_settled()
 
     async def settle(self) -> None:
         """Wait until every request queued so far has been executed and answered."""
@@ -238,7 +289,7 @@ class Scheduler:
         else:
             self._wakeup = self._loop.call_soon(self._dispatch)
 
-    def _start(self, runner: InstanceRunner, batch: list[Pending]) -> None:
+    def _start(self, runner: Runner, batch: list[Pending]) -> None:
         for pending in batch:
             if pending.timer is not None:
                 pending.timer.cancel()
@@ -249,11 +300,13 @@ class Scheduler:
 
         def done(outcome: Outcome, start: int, end: int) -> None:
             left = self._leaving.pop(runner, None)
-            if left is None:
-                self._idle.append(runner)
-            else:
+            if left is not None:
                 self._instances -= 1
                 left.set_result(None)
+            elif runner.available:
+                self._idle.append(runner)
+            else:  # its process died with this batch: back in `instance_up`
+                self._down.add(runner)
             try:
                 self._finish(sequence, batch, outcome, dispatched, start, end)
             finally:  # whatever a result callback raised, the queue moves on

@@ -24,6 +24,8 @@ from naiad.core.stores.schemes import open_store
 from naiad.domain.errors import ServerError, invalid, unavailable
 from naiad.domain.model_config import ModelConfig
 from naiad.domain.tensors import InferenceRequest, InferenceResponse, InferenceResult
+from naiad.processes.launch import ProcessSettings
+from naiad.processes.supervisor import Supervisor
 
 ResponseDone = Callable[[InferenceResponse | ServerError], None]
 
@@ -50,6 +52,7 @@ class ModelStatistics(NamedTuple):
     stats: ModelStats
     pending: int
     load_seconds: float
+    live_instances: int | None = None  # instances able to execute now; None for an ensemble
 
 
 class InferenceServer:
@@ -66,12 +69,14 @@ class InferenceServer:
         except BaseException:
             shutil.rmtree(self._cache, ignore_errors=True)
             raise
+        self._supervisor = Supervisor(_process_settings(settings))
         self._manager = ModelManager(
             stores,
             auto_complete=not settings.disable_auto_complete_config,
             default_max_batch_size=lambda backend: int(settings.backend_setting(backend, "default-max-batch-size")),
             load_threads=settings.model_load_thread_count,
             cache=self._cache,
+            supervisor=self._supervisor,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_polling: asyncio.Event | None = None
@@ -167,12 +172,13 @@ class InferenceServer:
         return self._manager.has(name)
 
     def model_ready(self, name: str, version: str) -> bool:
-        """Whether the model (version) can serve requests now."""
+        """Whether the model (version) can serve requests now: loaded, with an instance that is not being started
+        again."""
         try:
-            self._manager.get(name, version)
+            model = self._manager.get(name, version)
         except ServerError:
             return False
-        return not self._unloading
+        return model.live and not self._unloading
 
     def model_metadata(self, name: str, version: str) -> dict[str, Any]:
         """Model metadata: versions, platform, and each input and output with its datatype and shape."""
@@ -257,7 +263,7 @@ class InferenceServer:
     def model_statistics(self) -> list[ModelStatistics]:
         """Every READY model version, ordered by name and version, with its live statistics objects."""
         return [
-            ModelStatistics(v.name, v.version, v.stats, v.serving.scheduler.queued, v.load_seconds)
+            ModelStatistics(v.name, v.version, v.stats, v.serving.scheduler.queued, v.load_seconds, v.live_instances)
             for v in self._manager.versions("")
         ]
 
@@ -328,13 +334,29 @@ class InferenceServer:
         """Unload every model (Triton's `finalize` on each instance); later requests get 503."""
         self._exiting = True
         self._unloading = True
-        await self._manager.unload_all(timeout=self.settings.exit_timeout_secs)
-        shutil.rmtree(self._cache, ignore_errors=True)
+        try:
+            await self._manager.unload_all(timeout=self.settings.exit_timeout_secs)
+        finally:
+            self._supervisor.kill_all()  # what finalize() left running, or a cut-short unload left behind
+            shutil.rmtree(self._cache, ignore_errors=True)
 
     @property
     def in_flight(self) -> int:
         """Requests being served now."""
         return self._in_flight
+
+
+def _process_settings(settings: ServerSettings) -> ProcessSettings:
+    """The Python backend's `--backend-config` settings and naiad's environment flags, for instance processes."""
+    python = "python"
+    return ProcessSettings(
+        shm_default_byte_size=int(settings.backend_setting(python, "shm-default-byte-size")),
+        shm_growth_byte_size=int(settings.backend_setting(python, "shm-growth-byte-size")),
+        stub_timeout_seconds=int(settings.backend_setting(python, "stub-timeout-seconds")),
+        shm_region_prefix_name=settings.backend_setting(python, "shm-region-prefix-name"),
+        environment_cache=Path(settings.model_environment_cache),
+        allow_requirements=settings.allow_model_requirements,
+    )
 
 
 def _check_name(name: str) -> None:

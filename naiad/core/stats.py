@@ -72,6 +72,7 @@ class ModelStats:
         "last_inference_ms",
         "queue",
         "rejected",
+        "restarts",
         "success",
     )
 
@@ -87,6 +88,7 @@ class ModelStats:
         self.compute_output = Duration()
         self.batches: dict[int, BatchStats] = {}
         self.rejected = 0  # requests the queue policy timed out (REJECT): counted in `fail` too
+        self.restarts = 0  # instance processes that died and were started again (not in Triton's statistics)
 
     def record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One execution of `requests` requests holding `batch_size` inferences in all."""

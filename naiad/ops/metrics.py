@@ -17,6 +17,8 @@ _SUCCESS_HELP = "Number of successful inference requests, all batch sizes"
 _FAILURE_HELP = "Number of failed inference requests, all batch sizes"
 _PENDING_HELP = "Instantaneous number of pending requests awaiting execution per-model."
 _FIRST_RESPONSE_HELP = "Duration from request to first response in milliseconds"
+_RESTARTS_HELP = "Number of times an instance process of the model died and was started again"
+_LIVE_HELP = "Instances of the model able to execute now (one whose process is being started again is not)"
 _NOT_CACHED = "(does not include cached requests)"
 _CACHED = "(includes cached requests)"
 
@@ -164,6 +166,15 @@ class MetricsRegistry:
         family = out.family("nv_model_load_duration_secs", "gauge", "Model load time in seconds")
         for model, label_text in zip(models, names, strict=True):
             family.add(model.load_seconds, label_text)
+        # naiad's own (Triton neither restarts a dead stub nor counts one)
+        family = out.family("naiad_model_instance_restarts", "counter", _RESTARTS_HELP)
+        for model, label_text in zip(models, names, strict=True):
+            if model.live_instances is not None:
+                family.add(model.stats.restarts, label_text)
+        family = out.family("naiad_model_instances_live", "gauge", _LIVE_HELP)
+        for model, label_text in zip(models, names, strict=True):
+            if model.live_instances is not None:
+                family.add(model.live_instances, label_text)
         if self._system is not None:
             _system_gauges(out, self._system.reading)
         if settings.histogram_latencies:

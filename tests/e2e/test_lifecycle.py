@@ -334,9 +334,19 @@ def test_bad_flag_values_are_refused() -> None:
     assert result.returncode == 2 and "must be the only --load-model" in result.stderr
     result = run_naiad("serve", "--model-repository=/tmp", "--model-control-mode=sometimes")
     assert result.returncode == 2 and "invalid choice" in result.stderr
-    result = run_naiad("serve", "--model-repository=/tmp", "--backend-config=python,shm-default-byte-size=1048576")
+    result = run_naiad("serve", "--model-repository=/tmp", "--backend-config=python,shm-default-byte-size=1000")
+    assert result.returncode == 2 and "shm-default-byte-size can't be smaller than 1 MiB (1048576)" in result.stderr
+    result = run_naiad("serve", "--model-repository=/tmp", "--backend-config=python,stub-timeout-seconds=0")
+    assert result.returncode == 2 and "stub-timeout-seconds can't be smaller than or equal to zero." in result.stderr
+    result = run_naiad("serve", "--model-repository=/tmp", "--backend-config=pytorch,shm-growth-byte-size=4096")
     assert result.returncode == 2
-    assert "backend setting 'shm-default-byte-size' is not supported by naiad" in result.stderr
+    assert "'shm-growth-byte-size' is a setting of the python backend, not of 'pytorch'" in result.stderr
+    result = run_naiad("serve", "--model-repository=/tmp", "--backend-config=python,thread-pool-size=4")
+    assert result.returncode == 2 and "backend setting 'thread-pool-size' is refused: naiad has no such pool" in (
+        result.stderr
+    )
+    result = run_naiad("serve", "--model-repository=/tmp", "--backend-config=python,shm-rings=4")
+    assert result.returncode == 2 and "backend setting 'shm-rings' is not supported by naiad" in result.stderr
     result = run_naiad("serve", "--model-repository=/tmp", "--backend-config=default-max-batch-size=many")
     assert result.returncode == 2 and "default-max-batch-size must be a non-negative integer" in result.stderr
 

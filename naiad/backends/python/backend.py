@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from naiad.backends.base import InstanceContext
+from naiad.backends.parameters import flag
 from naiad.backends.python import triton_python_backend_utils as pb
 from naiad.backends.python.pb_tensor import _to_domain_tensor
 from naiad.domain.errors import ErrorCode, ServerError, internal, invalid
@@ -24,6 +25,8 @@ from naiad.domain.model_config import TensorSpec
 from naiad.domain.tensors import InferenceRequest, InferenceResult
 
 _LOG = logging.getLogger("naiad.backends.python")
+# The config parameter that keeps a model's instances in the server's process (naiad's own; Triton has no such choice).
+INSTANCE_PROCESS = "NAIAD_INSTANCE_PROCESS"
 _PACKAGE_PREFIX = "_naiad_model_"
 _import_lock = threading.RLock()
 # The version and model folders of the models imported, each with the number of imports (instances, and
@@ -68,6 +71,17 @@ class PythonBackend:
         finally:
             pb._set_model_dir(None)
             _forget(package)
+
+    def runs_in_processes(self, parameters: Mapping[str, str], model_name: str) -> bool:
+        """True, as in Triton (a stub process per instance), unless the config keeps the instances in the server's
+        process with `NAIAD_INSTANCE_PROCESS: false` (one copy of the weights, the lowest latency, no isolation)."""
+        isolated = flag(parameters, INSTANCE_PROCESS, True, model_name)
+        if not isolated and parameters.get("EXECUTION_ENV_PATH"):
+            raise invalid(
+                f"model '{model_name}' sets EXECUTION_ENV_PATH, which needs its instances in processes of their own, "
+                f"and {INSTANCE_PROCESS}: false, which keeps them in the server's: drop one of the two"
+            )
+        return isolated
 
     def load(self, context: InstanceContext) -> PythonModelInstance:
         """Import model.py for this instance alone, create `TritonPythonModel` and call its `initialize`."""

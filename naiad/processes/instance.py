@@ -1,0 +1,459 @@
+"""One instance process as the server sees it, on the event loop: starting it, one message per batch each way,
+the BLS calls, model control and log lines it sends back, and noticing at once that it died (its socket closes or
+its pid file descriptor turns readable), with the cause: a signal's name or an exit code."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from naiad.backends.base import InstanceContext
+from naiad.domain.errors import ServerError, internal
+from naiad.domain.model_config import ModelConfig
+from naiad.domain.tensors import InferenceRequest, InferenceResult
+from naiad.processes import messages as m
+from naiad.processes.arena import ReadArena, WriteArena
+from naiad.processes.frames import FrameBuffer, Message, close_quietly, receive
+from naiad.processes.launch import Launch
+from naiad.processes.packing import (
+    decode_requests,
+    decode_results,
+    encode_requests,
+    encode_response,
+    frames_for,
+)
+
+logger = logging.getLogger("naiad.processes")
+
+Outcome = list[InferenceResult | ServerError]
+Done = Callable[[Outcome, int, int], None]
+
+_CONTROL = ("load_model", "unload_model", "is_model_ready")
+
+
+class InstanceDiedError(Exception):
+    """The process ended; the message says how, and when."""
+
+
+class InstanceProcess:
+    """A model instance running in a process of its own."""
+
+    def __init__(
+        self, context: InstanceContext, launch: Launch, loop: asyncio.AbstractEventLoop, on_death: Callable[[str], None]
+    ) -> None:
+        self.context = context
+        self._launch = launch
+        self._loop = loop
+        self._on_death = on_death
+        self.name = context.instance_name
+        self.model = context.config.name
+        self.pid = 0
+        self.cause = ""  # how it ended, once it has
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._pidfd = -1
+        self._frames = FrameBuffer(plain=True)
+        self.writer = WriteArena("unused", 1, 1)  # replaced by the instance's own at `start`
+        self.reader = ReadArena()
+        self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
+        self._held: dict[int, tuple[Sequence[InferenceRequest], Done, int]] = {}
+        self._batches = itertools.count()
+        self._waiting: asyncio.Future[Message] | None = None  # a start-up or finalize answer
+        self._stage = "starting"  # what the process is doing, as the death message tells it
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self._ended: asyncio.Future[None] = loop.create_future()
+        self._disconnected = False
+        self._killed_lingering = False
+        self._started = False  # initialize() returned: a death from now on is reported to `on_death`
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process is running (and not known to be dying)."""
+        return self._process is not None and not self.cause
+
+    # Life
+
+    async def start(self, backend: str) -> None:
+        """Start the process and load the instance (initialize()); raises `ServerError` with the reason."""
+        settings = self._launch.settings
+        self.writer = WriteArena(
+            f"{settings.shm_region_prefix_name}{self.name}-in",
+            settings.shm_default_byte_size,
+            settings.shm_growth_byte_size,
+        )
+        try:
+            self._process, self._sock = self._launch.start()
+        except OSError as exc:
+            raise internal(
+                f"failed to load model '{self.model}': cannot start the process of instance '{self.name}' with "
+                f"{self._launch.python}: {exc.strerror or exc}"
+            ) from None
+        self.pid = self._process.pid
+        self._loop.add_reader(self._sock.fileno(), self._readable)
+        self._watch_exit()
+        try:
+            hello = await self._answer(timeout=settings.stub_timeout_seconds)
+            if hello[0] == m.FAILED:
+                raise m.server_error(hello[2])
+            self._stage = "loading (initialize)"
+            context = self.context
+            fields = {
+                "config": _picklable(context.config), "version": context.version, "model_dir": str(context.model_dir),
+                "version_dir": str(context.version_dir), "instance_name": context.instance_name,
+                "kind": context.kind, "device_id": context.device_id,
+            }  # fmt: skip
+            self._send((m.INIT, (), backend, fields))
+            answer = await self._answer(timeout=None)
+            if answer[0] == m.FAILED:
+                raise m.server_error(answer[2])
+        except InstanceDiedError as exc:
+            raise internal(f"failed to load model '{self.model}': {exc}") from None
+        except ServerError:
+            self.kill()
+            raise
+        except BaseException:
+            self.kill()
+            raise
+        self._stage = "executing"
+        self._started = True
+
+    async def finalize(self) -> None:
+        """Run the model's finalize() once the batches held are answered, and wait for the process to end (SIGKILL
+        after `stub-timeout-seconds`)."""
+        if not self.alive:
+            return
+        self._stage = "finalizing"
+        timeout = self._launch.settings.stub_timeout_seconds
+        try:
+            self._send((m.FINALIZE, ()))
+            await self._answer(timeout=None)
+            await asyncio.wait_for(asyncio.shield(self._ended), timeout)
+        except InstanceDiedError:
+            return
+        except asyncio.TimeoutError:
+            logger.warning(
+                "model instance '%s' (pid %d) did not exit %d s after finalize(); killing it",
+                self.name,
+                self.pid,
+                timeout,
+            )
+            self.kill()
+            await self._ended
+        except asyncio.CancelledError:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """End the process at once (SIGKILL)."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+    # Batches
+
+    def execute(self, requests: Sequence[InferenceRequest], done: Done) -> None:
+        """Send a batch; `done(outcome, start_ns, end_ns)` is called on the loop with one result per request."""
+        start = time.monotonic_ns()
+        if not self.alive:
+            done([internal(self._describe())] * len(requests), start, time.monotonic_ns())
+            return
+        try:
+            block, encoded = encode_requests(self.writer, requests)
+        except OSError as exc:
+            error = internal(f"model instance '{self.name}' cannot take the inputs: no shared memory: {exc}")
+            done([error] * len(requests), start, time.monotonic_ns())
+            return
+        batch = next(self._batches)
+        self._held[batch] = (requests, done, start)
+        self._send((m.EXECUTE, (), batch, block, encoded))
+
+    def _results(self, message: Message) -> None:
+        _, _, batch, block, encoded = message
+        held = self._held.pop(batch, None)
+        if held is None:
+            return
+        requests, done, start = held
+        try:
+            outcome = decode_results(self.reader, block, encoded, f"from model instance '{self.name}'")
+        except ServerError as exc:
+            outcome = [exc] * len(requests)
+        if len(outcome) != len(requests):
+            outcome = [internal(f"model instance '{self.name}' answered {len(outcome)} of {len(requests)}")] * len(
+                requests
+            )
+        done(outcome, start, time.monotonic_ns())
+
+    # What the process sends
+
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            data, fds = receive(sock)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            self._connection_lost()
+            return
+        try:
+            for message in self._frames.feed(data, fds):
+                self._take(message)
+        except Exception as exc:  # a message the server cannot read: the process is not to be trusted any more
+            logger.error("model instance '%s' sent a message naiad cannot read (%s); ending it", self.name, exc)
+            self.kill()
+
+    def _take(self, message: Message) -> None:
+        kind, freed = message[0], message[1]
+        if freed:
+            self.writer.free(freed)
+        if kind == m.RESULTS:
+            self._results(message)
+        elif kind == m.LOG:
+            _, _, name, level, text = message
+            if name == "naiad.model":
+                name = f"naiad.model.{self.model}"
+            logging.getLogger(str(name)).log(int(level), "%s", text)
+        elif kind == m.SEGMENT:
+            self.reader.add(message[2], message[3], self._frames.take_fd())
+        elif kind == m.DROP:
+            for segment in message[2]:
+                self.reader.drop(segment)
+        elif kind == m.BLS:
+            self._track(self._bls(message))
+        elif kind == m.CALL:
+            self._track(self._control(message))
+        elif kind != m.FREE:
+            waiting = self._waiting
+            if waiting is not None and not waiting.done():
+                waiting.set_result(message)
+
+    async def _bls(self, message: Message) -> None:
+        _, _, call, model_name, model_version, block, encoded = message
+        try:
+            request = decode_requests(self.reader, block, (encoded,), f"of a BLS call from model '{self.model}'")[0]
+            del block, encoded, message
+            response = await self.context.caller.infer_async(str(model_name), str(model_version), request)
+            del request
+            out, answer = encode_response(self.writer, response)
+            self._send((m.BLS_DONE, (), call, out, (True, answer)))
+        except ServerError as exc:
+            self._send((m.BLS_DONE, (), call, None, (False, m.error_of(exc))))
+        except Exception as exc:
+            error = internal(f"BLS call to model '{model_name}' failed: {type(exc).__name__}: {exc}")
+            self._send((m.BLS_DONE, (), call, None, (False, m.error_of(error))))
+
+    async def _control(self, message: Message) -> None:
+        _, _, call, operation, arguments = message
+        caller = self.context.caller
+        try:
+            if operation not in _CONTROL:
+                raise internal(f"unknown call '{operation}' from model '{self.model}'")
+            methods: dict[str, Callable[..., Any]] = {
+                "load_model": caller.load, "unload_model": caller.unload, "is_model_ready": caller.is_ready,
+            }  # fmt: skip
+            method = methods[operation]
+            value = await asyncio.to_thread(method, *arguments)  # they wait for the loop: never on it
+            self._send((m.CALL_DONE, (), call, (True, value)))
+        except ServerError as exc:
+            self._send((m.CALL_DONE, (), call, (False, m.error_of(exc))))
+        except Exception as exc:
+            error = internal(f"pb_utils.{operation} failed: {type(exc).__name__}: {exc}")
+            self._send((m.CALL_DONE, (), call, (False, m.error_of(error))))
+
+    def _track(self, coroutine: Any) -> None:
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Sending, without blocking the loop
+
+    def _send(self, message: Message) -> None:
+        if self._sock is None or self.cause:
+            return
+        flushing = not self._out
+        for data, fds in frames_for(message, self.writer, self.reader):
+            self._out.append((memoryview(data), fds))
+        if flushing:  # otherwise the loop is already waiting to write the backlog
+            self._flush()
+
+    def _flush(self) -> None:
+        sock, out = self._sock, self._out
+        if sock is None:
+            return
+        while out:
+            view, fds = out[0]
+            try:
+                if fds:
+                    sent = sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                else:
+                    sent = sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(sock.fileno(), self._writable)
+                return
+            except OSError:
+                self._connection_lost()
+                return
+            for fd in fds:
+                os.close(fd)
+            if sent < len(view):
+                out[0] = (view[sent:], ())
+                self._loop.add_writer(sock.fileno(), self._writable)
+                return
+            out.popleft()
+
+    def _writable(self) -> None:
+        if self._sock is not None:
+            self._loop.remove_writer(self._sock.fileno())
+        self._flush()
+
+    # Waiting, and dying
+
+    async def _answer(self, timeout: float | None) -> Message:
+        """The process's next answer to a start-up or finalize message; raises `InstanceDiedError`."""
+        if self.cause:
+            raise InstanceDiedError(self._describe())
+        waiting = self._waiting = self._loop.create_future()
+        try:
+            return await asyncio.wait_for(waiting, timeout)
+        except asyncio.TimeoutError:
+            self.kill()
+            raise internal(
+                f"failed to load model '{self.model}': the process of instance '{self.name}' did not start within "
+                f"{timeout} s (--backend-config=python,stub-timeout-seconds)"
+            ) from None
+        finally:
+            self._waiting = None
+
+    def _watch_exit(self) -> None:
+        """Be told the moment the process exits, even if something it started still holds its socket."""
+        process = self._process
+        assert process is not None
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is not None:
+            try:
+                self._pidfd = pidfd_open(process.pid)
+            except OSError:
+                self._pidfd = -1
+            else:
+                self._loop.add_reader(self._pidfd, self._exit_seen)
+                return
+        loop = self._loop
+
+        def wait() -> None:  # pragma: no cover - without pidfd (macOS, old Linux)
+            process.wait()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell
+                loop.call_soon_threadsafe(self._exit_seen)
+
+        threading.Thread(target=wait, name=f"naiad-wait-{self.name}", daemon=True).start()
+
+    def _connection_lost(self) -> None:
+        """The socket closed: the exit follows at once, unless the process lingers; it gets a second."""
+        sock = self._sock
+        if sock is None or self._disconnected:
+            return
+        self._disconnected = True
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(sock.fileno())
+        if self._process is not None and self._process.poll() is None:
+            self._kill_timer = self._loop.call_later(1.0, self._kill_lingering)
+        else:
+            self._exit_seen()
+
+    def _kill_lingering(self) -> None:
+        self._killed_lingering = True
+        self.kill()
+
+    def _exit_seen(self) -> None:
+        process = self._process
+        if process is None or process.poll() is None or self.cause:
+            return
+        how = how_it_ended(process.returncode)
+        if self._killed_lingering:
+            how = "closed its connection and was killed a second later"
+        self.cause = how
+        death = self._describe()
+        held, self._held = self._held, {}
+        self._close()
+        if self._started:  # first, so that whoever serves with it gives it no more work
+            self._on_death(death)
+        error = internal(death)
+        now = time.monotonic_ns()
+        for requests, done, start in held.values():
+            done([error] * len(requests), start, now)
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_exception(InstanceDiedError(death))
+        ended = self._ended
+        if not ended.done():
+            ended.set_result(None)
+
+    def _describe(self) -> str:
+        stage = self._stage
+        if stage == "executing":
+            stage = "executing a batch" if self._held else "idle"
+        return (
+            f"Stub process '{self.name}' is not healthy: the process of model '{self.model}' instance '{self.name}' "
+            f"(pid {self.pid}) {self.cause or 'is not running'} while {stage}"
+        )
+
+    def _close(self) -> None:
+        loop = self._loop
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+            self._kill_timer = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(sock.fileno())
+            with contextlib.suppress(Exception):
+                loop.remove_writer(sock.fileno())
+            sock.close()
+        if self._pidfd >= 0:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self._pidfd)
+            close_quietly(self._pidfd)
+            self._pidfd = -1
+        for _view, fds in self._out:
+            for fd in fds:
+                close_quietly(fd)
+        self._out.clear()
+        self._frames.close()
+        self.writer.close()
+        self.reader.close()
+        for task in self._tasks:
+            task.cancel()
+
+
+def _picklable(config: ModelConfig) -> ModelConfig:
+    """The config with plain dicts where it holds read-only mappings."""
+    return dataclasses.replace(config, raw=copy.deepcopy(dict(config.raw)), parameters=dict(config.parameters))
+
+
+def how_it_ended(returncode: int) -> str:
+    """How a process ended, in words."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"

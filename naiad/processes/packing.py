@@ -1,0 +1,184 @@
+"""Tensors through shared memory, and the requests, results and responses that carry them.
+
+The tensors of a message are written into one block of the writer's arena and described by plain tuples, then read
+on the other side as arrays over that block. Numbers are copied once, into the block, and read in place; BYTES
+elements are written in Triton's length-prefixed form and unpacked by the reader."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from naiad.domain.datatypes import deserialize_bytes, element_count, numpy_dtype, serialize_bytes
+from naiad.domain.errors import ServerError
+from naiad.domain.tensors import (
+    NO_PARAMETERS,
+    InferenceRequest,
+    InferenceResponse,
+    InferenceResult,
+    RequestedOutput,
+    Tensor,
+)
+from naiad.processes.arena import Block, ReadArena, WriteArena, aligned
+from naiad.processes.frames import pack
+from naiad.processes.messages import DROP, SEGMENT, error_of, server_error
+
+# name, datatype, shape, position in the block, bytes
+Descriptor = tuple[str, str, tuple[int, ...], int, int]
+
+
+def write_tensors(arena: WriteArena, tensors: Sequence[Tensor]) -> tuple[Block | None, tuple[Descriptor, ...]]:
+    """Copy the tensors into one new block; the block (None when they hold no bytes) and their descriptors."""
+    descriptors: list[Descriptor] = []
+    sources: list[bytes | np.ndarray] = []
+    total = 0
+    for tensor in tensors:
+        data = tensor.data
+        source: bytes | np.ndarray
+        if tensor.datatype == "BYTES":
+            source = serialize_bytes(data) if data.size else b""
+            nbytes = len(source)
+        else:
+            source = data
+            nbytes = data.nbytes
+        descriptors.append((tensor.name, tensor.datatype, tuple(tensor.shape), total, nbytes))
+        sources.append(source)
+        total += aligned(nbytes)
+    if total == 0:
+        return None, tuple(descriptors)
+    block = arena.allocate(total)
+    for (_name, datatype, _shape, position, nbytes), source in zip(descriptors, sources, strict=True):
+        if not nbytes:
+            continue
+        if isinstance(source, bytes):
+            arena.write(block, position, source)
+            continue
+        dtype = numpy_dtype(datatype)
+        if source.dtype == dtype and source.flags.c_contiguous:
+            arena.write(block, position, source)
+        else:
+            np.copyto(arena.array(block, position, dtype, source.shape), source, casting="unsafe")
+    return block, tuple(descriptors)
+
+
+def read_tensors(
+    arena: ReadArena, block: Block | None, descriptors: Sequence[Descriptor], where: str
+) -> tuple[Tensor, ...]:
+    """The tensors a message describes, as arrays over its block (read-only); `where` names them in errors."""
+    base = arena.view(block) if block is not None else None
+    tensors: list[Tensor] = []
+    for name, datatype, shape, position, nbytes in descriptors:
+        dtype = numpy_dtype(datatype)
+        if datatype == "BYTES":
+            count = element_count(shape)
+            raw = base[position : position + nbytes].data if base is not None and nbytes else memoryview(b"")
+            data = deserialize_bytes(raw, count, f"tensor '{name}' {where}").reshape(shape)
+        elif base is None or not nbytes:
+            data = np.empty(shape, dtype=dtype)
+        else:
+            data = base[position : position + nbytes].view(dtype).reshape(shape)
+        tensors.append(Tensor(name, datatype, shape, data))
+    return tuple(tensors)
+
+
+def _parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(parameters) if parameters else {}
+
+
+def _received(parameters: dict[str, Any]) -> Mapping[str, Any]:
+    return parameters if parameters else NO_PARAMETERS
+
+
+def encode_requests(arena: WriteArena, requests: Sequence[InferenceRequest]) -> tuple[Block | None, tuple[Any, ...]]:
+    """A batch of requests: one block for every input, and per request its id, parameters, requested output names
+    and input descriptors."""
+    block, descriptors = write_tensors(arena, [tensor for request in requests for tensor in request.inputs])
+    encoded: list[Any] = []
+    start = 0
+    for request in requests:
+        end = start + len(request.inputs)
+        outputs = None if request.outputs is None else tuple(output.name for output in request.outputs)
+        encoded.append((request.id, _parameters(request.parameters), outputs, descriptors[start:end]))
+        start = end
+    return block, tuple(encoded)
+
+
+def decode_requests(
+    arena: ReadArena, block: Block | None, encoded: Sequence[Any], where: str
+) -> list[InferenceRequest]:
+    """The requests of `encode_requests`, their inputs read in place."""
+    descriptors = [descriptor for entry in encoded for descriptor in entry[3]]
+    tensors = read_tensors(arena, block, descriptors, where)
+    requests: list[InferenceRequest] = []
+    start = 0
+    for request_id, parameters, outputs, inputs in encoded:
+        end = start + len(inputs)
+        requested = None if outputs is None else tuple(RequestedOutput(name) for name in outputs)
+        requests.append(InferenceRequest(tensors[start:end], requested, request_id, _received(parameters)))
+        start = end
+    return requests
+
+
+def encode_results(
+    arena: WriteArena, results: Sequence[InferenceResult | ServerError]
+) -> tuple[Block | None, tuple[Any, ...]]:
+    """One result or error per request of a batch: (True, parameters, descriptors) or (False, error)."""
+    outputs = [tensor for result in results if not isinstance(result, ServerError) for tensor in result.outputs]
+    block, descriptors = write_tensors(arena, outputs)
+    encoded: list[Any] = []
+    start = 0
+    for result in results:
+        if isinstance(result, ServerError):
+            encoded.append((False, error_of(result)))
+            continue
+        end = start + len(result.outputs)
+        encoded.append((True, _parameters(result.parameters), descriptors[start:end]))
+        start = end
+    return block, tuple(encoded)
+
+
+def decode_results(
+    arena: ReadArena, block: Block | None, encoded: Sequence[Any], where: str
+) -> list[InferenceResult | ServerError]:
+    """The results of `encode_results`, their outputs read in place."""
+    descriptors = [descriptor for entry in encoded if entry[0] for descriptor in entry[2]]
+    tensors = read_tensors(arena, block, descriptors, where)
+    results: list[InferenceResult | ServerError] = []
+    start = 0
+    for entry in encoded:
+        if not entry[0]:
+            results.append(server_error(entry[1]))
+            continue
+        end = start + len(entry[2])
+        results.append(InferenceResult(tensors[start:end], _received(entry[1])))
+        start = end
+    return results
+
+
+def encode_response(arena: WriteArena, response: InferenceResponse) -> tuple[Block | None, tuple[Any, ...]]:
+    """A BLS call's response: its model, version, id, parameters and output descriptors."""
+    block, descriptors = write_tensors(arena, response.outputs)
+    parameters = _parameters(response.parameters)
+    return block, (response.model_name, response.model_version, response.id, parameters, descriptors)
+
+
+def decode_response(arena: ReadArena, block: Block | None, encoded: Sequence[Any], where: str) -> InferenceResponse:
+    """The response of `encode_response`."""
+    model_name, model_version, response_id, parameters, descriptors = encoded
+    outputs = read_tensors(arena, block, descriptors, where)
+    return InferenceResponse(model_name, model_version, response_id, outputs, _received(parameters))
+
+
+def frames_for(message: tuple[Any, ...], writer: WriteArena, reader: ReadArena) -> list[tuple[bytes, tuple[int, ...]]]:
+    """The frames that send `message` with the blocks `reader` gave back: first any segment `writer` made (each
+    with its descriptor) or released, then the message itself."""
+    frames: list[tuple[bytes, tuple[int, ...]]] = [
+        (pack((SEGMENT, (), new.segment, new.size)), (new.fd,)) for new in writer.take_created()
+    ]
+    dropped = writer.take_dropped()
+    if dropped:
+        frames.append((pack((DROP, (), tuple(dropped))), ()))
+    frames.append((pack((message[0], reader.take_freed(), *message[2:])), ()))
+    return frames

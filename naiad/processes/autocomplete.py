@@ -12,7 +12,7 @@ from typing import Any
 
 from naiad.domain.errors import internal
 from naiad.processes import messages as m
-from naiad.processes.frames import FrameBuffer, Message, pack, receive, send_blocking
+from naiad.processes.frames import FrameBuffer, Message, pack, send_blocking
 from naiad.processes.instance import how_it_ended
 from naiad.processes.launch import Launch
 
@@ -34,19 +34,19 @@ def auto_complete_in_process(
         sock.settimeout(timeout)
         while not pending:
             try:
-                data, fds = receive(sock)
+                messages = frames.receive(sock)
             except TimeoutError:
                 process.kill()
                 raise internal(
                     f"auto-complete failed for model '{name}': its process did not start within {timeout} s "
                     "(--backend-config=python,stub-timeout-seconds)"
                 ) from None
-            if not data:
+            if messages is None:
                 raise internal(
                     f"auto-complete failed for model '{name}': Stub process of model '{name}' is not healthy: it "
                     f"{how_it_ended(process.wait())} while running auto_complete_config"
                 )
-            pending.extend(frames.feed(data, fds))
+            pending.extend(messages)
         return pending.pop(0)
 
     try:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 HEADER = struct.Struct("<I")
-_MAX_FDS = 16  # descriptors read with one receive; each frame passes at most one
+_ANCILLARY = socket.CMSG_SPACE(64 * array.array("i").itemsize)  # descriptors read at once; a frame passes one
 _READ_SIZE = 256 * 1024
 
 Message = tuple[Any, ...]
@@ -43,41 +43,66 @@ def pack(message: Message) -> bytes:
 
 
 class FrameBuffer:
-    """Bytes and descriptors as they arrive, split into whole messages."""
+    """Receives from a socket into one buffer kept for the connection's life, and splits what came into whole
+    messages, keeping the descriptors that came with them. (A buffer allocated per receive costs more than the
+    receive itself: at this size, fresh pages from the kernel each time.)"""
 
-    __slots__ = ("_data", "_fds", "_loads")
+    __slots__ = ("_buffer", "_end", "_fds", "_loads", "_start")
 
     def __init__(self, plain: bool) -> None:
-        self._data = bytearray()
+        self._buffer = bytearray(_READ_SIZE)
+        self._start = 0  # the first byte not yet taken
+        self._end = 0  # the end of what was received
         self._fds: deque[int] = deque()
         self._loads: Callable[[bytes | memoryview], Any] = plain_loads if plain else pickle.loads
 
-    def feed(self, data: bytes, fds: Sequence[int]) -> list[Message]:
-        """Take what one receive returned; the messages it completes, in order."""
-        self._fds.extend(fds)
-        buffer = self._data
-        if not buffer:  # the common case: whole frames in one receive
-            return self._split(memoryview(data))
-        buffer += data
-        view = memoryview(buffer)
-        try:
-            messages = self._split(view)
-        finally:
-            view.release()
-        return messages
+    def receive(self, sock: socket.socket) -> list[Message] | None:
+        """Receive once: the messages it completes, in order, or None at the end of the stream. Raises what the
+        socket raises (BlockingIOError on a non-blocking socket with nothing to read)."""
+        self._make_room()
+        with memoryview(self._buffer) as whole:
+            nbytes, ancillary, flags, _address = sock.recvmsg_into([whole[self._end :]], _ANCILLARY)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                self._fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            raise OSError("more file descriptors arrived at once than naiad reads")
+        if not nbytes:
+            return None
+        self._end += nbytes
+        return self._split()
 
-    def _split(self, view: memoryview) -> list[Message]:
+    def _make_room(self) -> None:
+        """Room after the received bytes for at least the rest of the frame they begin (and a full read)."""
+        start, end, buffer = self._start, self._end, self._buffer
+        if start == end:
+            self._start = self._end = 0
+            return
+        needed = _READ_SIZE
+        if end - start >= 4:
+            needed = max(needed, 4 + HEADER.unpack_from(buffer, start)[0])
+        if len(buffer) - end >= needed - (end - start):
+            return
+        rest = bytes(buffer[start:end])
+        if len(buffer) < needed:
+            self._buffer = buffer = bytearray(needed)
+        buffer[: len(rest)] = rest
+        self._start, self._end = 0, len(rest)
+
+    def _split(self) -> list[Message]:
         messages: list[Message] = []
         loads = self._loads
-        offset, end = 0, len(view)
-        while end - offset >= 4:
-            (length,) = HEADER.unpack_from(view, offset)
-            if end - offset - 4 < length:
-                break
-            messages.append(loads(view[offset + 4 : offset + 4 + length]))
-            offset += 4 + length
-        rest = bytes(view[offset:])
-        self._data[:] = rest
+        offset, end = self._start, self._end
+        with memoryview(self._buffer) as view:
+            while end - offset >= 4:
+                (length,) = HEADER.unpack_from(view, offset)
+                if end - offset - 4 < length:
+                    break
+                messages.append(loads(view[offset + 4 : offset + 4 + length]))
+                offset += 4 + length
+        self._start = offset
         return messages
 
     def take_fd(self) -> int:
@@ -88,12 +113,6 @@ class FrameBuffer:
         """Close the descriptors received and not taken."""
         while self._fds:
             close_quietly(self._fds.popleft())
-
-
-def receive(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """What one receive returns: bytes (empty at the end of the stream) and the descriptors that came with them."""
-    data, fds, _flags, _address = socket.recv_fds(sock, _READ_SIZE, _MAX_FDS)
-    return data, fds
 
 
 def send_blocking(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:

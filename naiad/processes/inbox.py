@@ -5,12 +5,16 @@ answer is due."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import signal
 import socket
 import threading
 from collections.abc import Callable
+from typing import NoReturn
 
-from naiad.processes.frames import FrameBuffer, Message, receive
+from naiad.processes.frames import FrameBuffer, Message
 
 
 class Inbox:
@@ -24,6 +28,7 @@ class Inbox:
         self._reading = False
         self._async_due = 0
         threading.Thread(target=self._read_for_async, name="naiad-stub-async-reader", daemon=True).start()
+        threading.Thread(target=self._watch_server, name="naiad-stub-server-watch", daemon=True).start()
 
     def wait_for(self, ready: Callable[[], bool]) -> None:
         """Return once `ready()` is true, reading the socket meanwhile unless another thread is."""
@@ -50,13 +55,23 @@ class Inbox:
 
     def _receive(self) -> None:
         try:
-            data, fds = receive(self._sock)
+            messages = self._frames.receive(self._sock)
         except OSError:
-            data, fds = b"", []
-        if not data:  # the server is gone: nothing here may outlive it
-            os._exit(0)
-        for message in self._frames.feed(data, fds):
+            messages = None
+        if messages is None:
+            server_gone()
+        for message in messages:
             self._take(message, self._frames)
+
+    def _watch_server(self) -> None:
+        """End the process the moment the server's end of the socket closes, even in the middle of a job (no one
+        reads then): the kernel reports the hang-up without any data being taken."""
+        watch = select.poll()
+        watch.register(self._sock.fileno(), getattr(select, "POLLRDHUP", 0))
+        while True:
+            for _fd, events in watch.poll():
+                if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)):
+                    server_gone()
 
     def _read_for_async(self) -> None:
         condition = self._condition
@@ -65,3 +80,10 @@ class Inbox:
                 while not self._async_due:
                     condition.wait()
             self.wait_for(lambda: not self._async_due)
+
+
+def server_gone() -> NoReturn:
+    """The server is gone: nothing of this instance may outlive it, what the model started included."""
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGKILL)  # the process's own session (it leads it): it ends with this too
+    os._exit(0)

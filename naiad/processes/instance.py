@@ -27,7 +27,7 @@ from naiad.domain.model_config import ModelConfig
 from naiad.domain.tensors import InferenceRequest, InferenceResult
 from naiad.processes import messages as m
 from naiad.processes.arena import ReadArena, WriteArena
-from naiad.processes.frames import FrameBuffer, Message, close_quietly, receive
+from naiad.processes.frames import FrameBuffer, Message, close_quietly
 from naiad.processes.launch import Launch
 from naiad.processes.packing import (
     decode_requests,
@@ -206,17 +206,16 @@ class InstanceProcess:
         if sock is None:
             return
         try:
-            data, fds = receive(sock)
+            messages = self._frames.receive(sock)
+            if messages is None:
+                self._connection_lost()
+                return
+            for message in messages:
+                self._take(message)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data, fds = b"", []
-        if not data:
             self._connection_lost()
-            return
-        try:
-            for message in self._frames.feed(data, fds):
-                self._take(message)
         except Exception as exc:  # a message the server cannot read: the process is not to be trusted any more
             logger.error("model instance '%s' sent a message naiad cannot read (%s); ending it", self.name, exc)
             self.kill()
@@ -386,6 +385,8 @@ class InstanceProcess:
         process = self._process
         if process is None or process.poll() is None or self.cause:
             return
+        with contextlib.suppress(OSError):  # what the model started and left running goes with it
+            os.killpg(process.pid, signal.SIGKILL)
         how = how_it_ended(process.returncode)
         if self._killed_lingering:
             how = "closed its connection and was killed a second later"

@@ -46,8 +46,12 @@ class Launch:
                 self.python, "-u", CHILD, self.label, str(theirs.fileno()), str(settings.shm_default_byte_size),
                 str(settings.shm_growth_byte_size), f"{settings.shm_region_prefix_name}{self.label}",
             ]  # fmt: skip
-            process = subprocess.Popen(
-                command, pass_fds=(theirs.fileno(),), env=dict(self.environment), stdin=subprocess.DEVNULL
+            process = subprocess.Popen(  # a session of its own: what the model starts can be ended with it
+                command,
+                pass_fds=(theirs.fileno(),),
+                env=dict(self.environment),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         except BaseException:
             ours.close()

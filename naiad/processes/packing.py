@@ -42,7 +42,7 @@ def write_tensors(arena: WriteArena, tensors: Sequence[Tensor]) -> tuple[Block |
             nbytes = len(source)
         else:
             source = data
-            nbytes = data.nbytes
+            nbytes = data.size * numpy_dtype(tensor.datatype).itemsize  # the datatype's size, not the array's
         descriptors.append((tensor.name, tensor.datatype, tuple(tensor.shape), total, nbytes))
         sources.append(source)
         total += aligned(nbytes)

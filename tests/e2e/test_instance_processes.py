@@ -1,0 +1,381 @@
+"""Python instances in processes of their own: one per instance, in parallel, crashes contained and restarted, and
+nothing left behind when the server stops or is killed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.conftest import ServerFactory
+from tests.models import write_model
+
+PIDS_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "SECONDS" data_type: TYPE_FP32 dims: [ 1 ] } ]
+    output [ { name: "PID" data_type: TYPE_INT64 dims: [ 1 ] },
+             { name: "SPAN" data_type: TYPE_FP64 dims: [ 2 ] },
+             { name: "NAME" data_type: TYPE_STRING dims: [ 1 ] } ]
+    instance_group [ { count: 2 kind: KIND_CPU } ]
+"""
+
+# Busy in pure Python for the seconds asked (holding its GIL), then says which process ran it and when.
+PIDS_MODEL = """
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_instance_name"]
+        self.finalized = os.path.join(args["model_repository"], "..", "..", "finalized-" + self.name)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            seconds = float(pb_utils.get_input_tensor_by_name(request, "SECONDS").as_numpy()[0])
+            start = time.time()
+            while time.time() - start < seconds:
+                sum(range(1000))
+            outputs = [
+                pb_utils.Tensor("PID", np.array([os.getpid()], dtype=np.int64)),
+                pb_utils.Tensor("SPAN", np.array([start, time.time()], dtype=np.float64)),
+                pb_utils.Tensor("NAME", np.array([self.name.encode()], dtype=np.object_)),
+            ]
+            responses.append(pb_utils.InferenceResponse(outputs))
+        return responses
+
+    def finalize(self):
+        with open(self.finalized, "w") as f:
+            f.write(str(os.getpid()))
+"""
+
+CRASH_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "HOW" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    output [ { name: "PID" data_type: TYPE_INT64 dims: [ 1 ] } ]
+    instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+# Dies on a magic input: 1 exits with code 3, 2 is killed by SIGKILL, 3 segfaults; 0 answers with its pid.
+# Every initialize() leaves a line in a file beside the repository; with SLOW_RESTART there, restarts take 1.5 s.
+CRASH_MODEL = """
+import ctypes
+import os
+import signal
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        base = os.path.join(args["model_repository"], "..", "..")
+        starts = os.path.join(base, "starts-" + args["model_name"])
+        again = os.path.exists(starts)
+        with open(starts, "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        if again and os.path.exists(os.path.join(base, "SLOW_RESTART")):
+            time.sleep(1.5)
+        if again and os.path.exists(os.path.join(base, "DIE_AT_START")):
+            os._exit(4)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            how = int(pb_utils.get_input_tensor_by_name(request, "HOW").as_numpy()[0])
+            if how == 1:
+                os._exit(3)
+            if how == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if how == 3:
+                ctypes.string_at(0)
+            pid = pb_utils.Tensor("PID", np.array([os.getpid()], dtype=np.int64))
+            responses.append(pb_utils.InferenceResponse([pid]))
+        return responses
+"""
+
+INIT_EXIT_MODEL = """
+import os
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        os._exit(3)
+
+    def execute(self, requests):
+        return []
+"""
+
+# Starts a helper process of its own that would run for an hour if nothing ended it.
+SPAWNING_MODEL = """
+import os
+import subprocess
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.helper = subprocess.Popen(["sleep", "3600"])
+        with open(os.path.join(args["model_repository"], "..", "..", "helper-pid"), "w") as f:
+            f.write(str(self.helper.pid))
+
+    def execute(self, requests):
+        how = pb_utils.get_input_tensor_by_name(requests[0], "HOW").as_numpy()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("PID", np.array([os.getpid()], dtype=np.int64))])]
+"""
+
+
+def infer_pid(url: str, model: str, seconds: float = 0.0) -> dict[str, Any]:
+    body = {"inputs": [{"name": "SECONDS", "shape": [1], "datatype": "FP32", "data": [seconds]}]}
+    reply = requests.post(f"{url}/v2/models/{model}/infer", json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    outputs: dict[str, Any] = {output["name"]: output["data"] for output in reply.json()["outputs"]}
+    return outputs
+
+
+def crash(url: str, how: int, model: str = "crash") -> requests.Response:
+    body = {"inputs": [{"name": "HOW", "shape": [1], "datatype": "INT32", "data": [how]}]}
+    return requests.post(f"{url}/v2/models/{model}/infer", json=body, timeout=30)
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def command_of(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if parent_of(int(entry)) == pid:
+                    found.append(int(entry))
+            except (OSError, IndexError):
+                continue
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+def shared_memory_entries() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if "naiad" in name} if os.path.isdir("/dev/shm") else set()
+
+
+def test_each_instance_is_a_process_of_its_own_and_they_run_at_once(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "pids", PIDS_CONFIG, PIDS_MODEL)
+    server = naiad.start(repo)
+    children = children_of(server.process.pid)
+    commands = sorted(command_of(pid) for pid in children)
+    assert len(commands) == 2, commands
+    assert "naiad/processes/child.py pids_0_0 " in commands[0]
+    assert "naiad/processes/child.py pids_0_1 " in commands[1]
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: infer_pid(server.url, "pids", 0.5), range(2)))
+    pids = {answer["PID"][0] for answer in answers}
+    assert pids == set(children)
+    assert {answer["NAME"][0] for answer in answers} == {"pids_0_0", "pids_0_1"}
+    (start0, end0), (start1, end1) = (answer["SPAN"] for answer in answers)
+    assert start0 < end1 and start1 < end0, "two busy pure-Python calls ran one after the other"
+
+
+def test_a_crash_fails_only_its_requests_and_the_instance_comes_back(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "crash", CRASH_CONFIG, CRASH_MODEL)
+    write_model(repo, "pids", PIDS_CONFIG, PIDS_MODEL)
+    server = naiad.start(repo, metrics=True)
+    first = crash(server.url, 0).json()["outputs"][0]["data"][0]
+    causes = {1: "exited with code 3", 2: "was killed by SIGKILL", 3: "was killed by SIGSEGV"}
+    pids = [first]
+    for how, cause in causes.items():
+        started = time.monotonic()
+        reply = crash(server.url, how)
+        assert time.monotonic() - started < 1.5
+        assert reply.status_code == 500
+        assert reply.json()["error"] == (
+            f"Stub process 'crash_0_0' is not healthy: the process of model 'crash' instance 'crash_0_0' "
+            f"(pid {pids[-1]}) {cause} while executing a batch"
+        )
+        assert infer_pid(server.url, "pids")["PID"]  # another model goes on answering
+        wait_until(lambda: requests.get(f"{server.url}/v2/models/crash/ready").status_code == 200, "crash is ready")
+        answer = crash(server.url, 0)
+        assert answer.status_code == 200, answer.text
+        pids.append(answer.json()["outputs"][0]["data"][0])
+        assert pids[-1] != pids[-2]
+    starts = (tmp_path / "starts-crash").read_text().split()
+    assert [int(pid) for pid in starts] == pids  # each restart ran a fresh initialize()
+    log = server.log()
+    assert log.count("; starting it again") == 3
+    assert "model instance 'crash_0_0' serves again" in log
+    metrics = requests.get(server.metrics_url).text
+    assert 'naiad_model_instance_restarts{model="crash",version="1"} 3' in metrics
+    assert 'naiad_model_instances_live{model="crash",version="1"} 1' in metrics
+    assert 'naiad_model_instances_live{model="pids",version="1"} 2' in metrics
+
+
+def test_not_ready_while_no_instance_is_live_and_requests_wait_for_the_restart(
+    tmp_path: Path, naiad: ServerFactory
+) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "crash", CRASH_CONFIG, CRASH_MODEL)
+    server = naiad.start(repo)
+    (tmp_path / "SLOW_RESTART").touch()
+    assert crash(server.url, 1).status_code == 500
+    assert requests.get(f"{server.url}/v2/models/crash/ready").status_code == 400
+    assert requests.get(f"{server.url}/v2/health/ready").status_code == 400
+    waiting = crash(server.url, 0)  # queued until the instance is back
+    assert waiting.status_code == 200, waiting.text
+    assert requests.get(f"{server.url}/v2/models/crash/ready").status_code == 200
+
+
+def test_a_model_that_dies_at_every_start_is_given_up(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "crash", CRASH_CONFIG, CRASH_MODEL)
+    server = naiad.start(repo)
+    (tmp_path / "DIE_AT_START").touch()
+    assert crash(server.url, 1).status_code == 500
+
+    def unavailable() -> bool:
+        index = requests.post(f"{server.url}/v2/repository/index").json()
+        return bool(index[0]["state"] == "UNAVAILABLE")
+
+    wait_until(unavailable, "crash is UNAVAILABLE")
+    reason = requests.post(f"{server.url}/v2/repository/index").json()[0]["reason"]
+    assert reason.startswith("model instance 'crash_0_0' was given up after 5 failed starts in a row: ")
+    assert "exited with code 4 while loading (initialize)" in reason
+    assert len((tmp_path / "starts-crash").read_text().split()) == 6  # the first start and five more
+    assert crash(server.url, 0).status_code != 200
+    assert not children_of(server.process.pid)
+
+
+def test_an_exit_in_initialize_fails_the_load_naming_the_instance(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "init_exit", CRASH_CONFIG, INIT_EXIT_MODEL)
+    server = naiad.start(repo, "--exit-on-error=false", until="started")
+    entry = requests.post(f"{server.url}/v2/repository/index").json()[0]
+    assert entry["state"] == "UNAVAILABLE"
+    assert "Stub process 'init_exit_0_0' is not healthy: the process of model 'init_exit'" in entry["reason"]
+    assert "exited with code 3 while loading (initialize)" in entry["reason"]
+
+
+def test_sigterm_finalizes_every_instance_and_leaves_nothing(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "pids", PIDS_CONFIG, PIDS_MODEL)
+    write_model(repo, "spawning", CRASH_CONFIG, SPAWNING_MODEL)
+    before = shared_memory_entries()
+    server = naiad.start(repo)
+    children = children_of(server.process.pid)
+    helper = int((tmp_path / "helper-pid").read_text())
+    assert len(children) == 3 and running(helper)
+    infer_pid(server.url, "pids", 0.0)
+    assert server.stop(signal.SIGTERM) == 0
+    finalized = {int((tmp_path / f"finalized-pids_0_{i}").read_text()) for i in range(2)}
+    assert finalized <= set(children)
+    assert not [pid for pid in [*children, helper] if running(pid)]
+    assert shared_memory_entries() == before
+
+
+def test_instance_processes_end_when_the_server_is_killed(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "pids", PIDS_CONFIG, PIDS_MODEL)
+    write_model(repo, "spawning", CRASH_CONFIG, SPAWNING_MODEL)
+    server = naiad.start(repo)
+    children = children_of(server.process.pid)
+    helper = int((tmp_path / "helper-pid").read_text())
+    busy = concurrent.futures.ThreadPoolExecutor(1).submit(infer_pid, server.url, "pids", 30.0)
+    time.sleep(0.5)  # one instance is in the middle of a 30 s execute()
+    server.stop(signal.SIGKILL)
+    wait_until(lambda: not [pid for pid in [*children, helper] if running(pid)], "no instance process is left", 5)
+    assert busy.exception() is not None
+
+
+KEEPER_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "VALUES" data_type: TYPE_FP32 dims: [ -1 ] },
+            { name: "WORDS" data_type: TYPE_STRING dims: [ -1 ] } ]
+    output [ { name: "VALUES_OUT" data_type: TYPE_FP32 dims: [ -1 ] },
+             { name: "WORDS_OUT" data_type: TYPE_STRING dims: [ -1 ] } ]
+"""
+
+# Keeps every input it was given (their shared memory can never be reused) and answers with copies.
+KEEPER_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.kept = []
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            values = pb_utils.get_input_tensor_by_name(request, "VALUES").as_numpy()
+            words = pb_utils.get_input_tensor_by_name(request, "WORDS").as_numpy()
+            self.kept.append(values)
+            outputs = [
+                pb_utils.Tensor("VALUES_OUT", values * 2),
+                pb_utils.Tensor("WORDS_OUT", np.array([w[::-1] for w in words], dtype=np.object_)),
+            ]
+            responses.append(pb_utils.InferenceResponse(outputs))
+        return responses
+"""
+
+
+def test_tensors_larger_than_the_shared_memory_segments_cross_whole(tmp_path: Path, naiad: ServerFactory) -> None:
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    repo = tmp_path / "models"
+    write_model(repo, "keeper", KEEPER_CONFIG, KEEPER_MODEL)
+    server = naiad.start(
+        repo,
+        "--backend-config=python,shm-default-byte-size=1048576",
+        "--backend-config=python,shm-growth-byte-size=1048576",
+    )
+    client = httpclient.InferenceServerClient(server.address)
+    for round_ in range(4):
+        values = np.random.default_rng(round_).standard_normal(400_000).astype(np.float32)  # 1.6 MB
+        words = np.array([b"", b"\xff\x00binary", "naïve".encode(), b"x" * 100_000], dtype=np.object_)
+        inputs = [httpclient.InferInput("VALUES", [values.size], "FP32"), httpclient.InferInput("WORDS", [4], "BYTES")]
+        inputs[0].set_data_from_numpy(values, binary_data=True)
+        inputs[1].set_data_from_numpy(words, binary_data=True)
+        result = client.infer("keeper", inputs)
+        assert np.array_equal(result.as_numpy("VALUES_OUT"), values * 2)
+        assert list(result.as_numpy("WORDS_OUT")) == [w[::-1] for w in words]

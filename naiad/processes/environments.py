@@ -190,6 +190,8 @@ def _check_member(member: tarfile.TarInfo, root: str, where: str) -> None:
     parent = os.path.realpath(os.path.join(root, os.path.dirname(member.name)))
     if parent != root and not parent.startswith(root + os.sep):
         raise invalid(f"{where}: the archive's entry '{member.name}' would be written through a link outside it")
+    if os.path.islink(os.path.join(root, member.name)):  # an earlier entry made it a link: writing would follow it
+        raise invalid(f"{where}: the archive's entry '{member.name}' would be written through a link it holds")
 
 
 def _build(requirements: Path, target: Path, name: str) -> None:
@@ -216,7 +218,7 @@ def _build(requirements: Path, target: Path, name: str) -> None:
         os.rename(scratch, target)
     except subprocess.CalledProcessError as exc:
         raise invalid(
-            f"failed to load model '{name}': the venv built from its requirements.txt is broken: {exc}"
+            f"the venv built from the requirements.txt of model '{name}' is broken: {exc}"
         ) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -236,4 +238,4 @@ def _run(command: list[str], name: str, what: str, cwd: Path) -> None:
             last = [*last[-(_PIP_LINES_KEPT - 1) :], line]
     if process.wait() != 0:
         output = "\n".join(last)
-        raise invalid(f"failed to load model '{name}': {what} failed (exit status {process.returncode}):\n{output}")
+        raise invalid(f"model '{name}': {what} failed (exit status {process.returncode}):\n{output}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -124,7 +123,9 @@ def make_packed_venv(root: Path) -> Path:
     site = make_venv(root)
     packages = Path(numpy.__file__).parent.parent
     for entry in packages.iterdir():
-        if entry.name in ("numpy", "numpy.libs") or (entry.name.startswith("numpy-") and entry.name.endswith(".dist-info")):
+        if entry.name in ("numpy", "numpy.libs") or (
+            entry.name.startswith("numpy-") and entry.name.endswith(".dist-info")
+        ):
             (site / entry.name).symlink_to(entry)
     (site / "envmark").mkdir()
     (site / "envmark" / "__init__.py").write_text('WHERE = "packed"\n')
@@ -328,8 +329,7 @@ def test_requirements_that_cannot_be_installed_fail_the_load_with_pips_message(
 ) -> None:
     server, cache = requirements_server
     reason = reason_of(server, "req_bad")
-    assert "failed to load model 'req_bad'" in reason, reason
-    assert "pip install -r requirements.txt failed" in reason, reason
+    assert reason.startswith("model 'req_bad': pip install -r requirements.txt failed (exit status 1):"), reason
     assert "No matching distribution found" in reason, reason
     assert "naiad-no-such-package-anywhere" in reason, reason
     assert "model 'req_bad': pip: " in server.log()
@@ -395,4 +395,3 @@ def test_instance_process_false_runs_in_the_server_and_refuses_an_environment(
 def parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
-

@@ -61,10 +61,11 @@ SPIN_BODY = '{"inputs":[{"name":"N","shape":[1],"datatype":"INT64","data":[%d]}]
 THREADS_PARAMETER = 'parameters { key: "NAIAD_INSTANCE_PROCESS" value: { string_value: "false" } }\n'
 
 
-def session_cpu_seconds(session: int) -> float:
-    """utime + stime of every live process in a session (the server started with start_new_session)."""
+def server_cpu_seconds(server: int) -> float:
+    """utime + stime of the server's live processes: its session (it was started with start_new_session) and every
+    descendant, such as instance processes that lead sessions of their own."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    table: dict[int, tuple[int, int, int]] = {}  # pid -> parent, session, CPU ticks
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -73,16 +74,26 @@ def session_cpu_seconds(session: int) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == session:  # after the command: state, ppid, pgrp, session, ...
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+        # after the command: state, ppid, pgrp, session, ..., utime (11), stime (12)
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12]))
+
+    def belongs(pid: int) -> bool:
+        seen = 0
+        while pid in table and seen < 64:
+            parent, session, _ = table[pid]
+            if pid == server or session == server:
+                return True
+            pid, seen = parent, seen + 1
+        return False
+
+    return sum(ticks for pid, (_, _, ticks) in table.items() if belongs(pid)) / tick
 
 
 def timed(server: Server, url: str, lua: Path, connections: int, args: argparse.Namespace) -> dict[str, float]:
     assert server.proc is not None
-    before = session_cpu_seconds(server.proc.pid)
+    before = server_cpu_seconds(server.proc.pid)
     result = run_wrk(url, lua, connections, args.duration, 1)
-    used = session_cpu_seconds(server.proc.pid) - before
+    used = server_cpu_seconds(server.proc.pid) - before
     result["cpu_us_per_inference"] = used * 1e6 / max(result.get("requests", 0.0), 1.0)
     return result
 

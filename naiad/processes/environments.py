@@ -217,9 +217,7 @@ def _build(requirements: Path, target: Path, name: str) -> None:
         (purelib / "zz-naiad-server-packages.pth").write_text("".join(f"{path}\n" for path in server_paths))
         os.rename(scratch, target)
     except subprocess.CalledProcessError as exc:
-        raise invalid(
-            f"the venv built from the requirements.txt of model '{name}' is broken: {exc}"
-        ) from None
+        raise invalid(f"the venv built from the requirements.txt of model '{name}' is broken: {exc}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -11,7 +11,8 @@ from naiad.config.devices import cuda_device
 
 def instance_environment(gpu: int | None, python_environment: Path | None) -> dict[str, str]:
     """The server's variables for a child that sees only CUDA device `gpu` (all of them when None) and, with
-    `python_environment`, runs in that environment as its `bin/activate` would set it up."""
+    `python_environment`, runs in that environment as its `bin/activate` would set it up, without the server's
+    PYTHONHOME and PYTHONPATH."""
     environment = dict(os.environ)
     if gpu is not None:
         environment["CUDA_VISIBLE_DEVICES"] = cuda_device(gpu)
@@ -24,4 +25,5 @@ def instance_environment(gpu: int | None, python_environment: Path | None) -> di
         marker = "CONDA_PREFIX" if (python_environment / "conda-meta").is_dir() else "VIRTUAL_ENV"
         environment[marker] = root
         environment.pop("PYTHONHOME", None)
+        environment.pop("PYTHONPATH", None)  # the server's packages, which may not even be for this Python
     return environment

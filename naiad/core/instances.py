@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from naiad.backends.base import Backend, InstanceContext, ModelCaller, ModelInstance
+from naiad.backends.base import Backend, InstanceContext, ModelInstance
 from naiad.domain.errors import ServerError, internal
 from naiad.domain.tensors import InferenceRequest, InferenceResult
+from naiad.processes.instance import ServerCalls
 from naiad.processes.supervisor import InstanceWatcher, ProcessRunner, Supervisor
 
 logger = logging.getLogger("naiad.core")
@@ -60,7 +61,7 @@ class Runner(Protocol):
 class Placement:
     """Where the instances of a model run, as its backend says: a thread of the server, or a process of their own."""
 
-    def __init__(self, caller: ModelCaller, loop: asyncio.AbstractEventLoop, supervisor: Supervisor) -> None:
+    def __init__(self, caller: ServerCalls, loop: asyncio.AbstractEventLoop, supervisor: Supervisor) -> None:
         self.caller = caller
         self.loop = loop
         self.supervisor = supervisor
@@ -69,7 +70,7 @@ class Placement:
         """A runner, not yet loaded, for one instance."""
         config = context.config
         if backend.runs_in_processes(config.parameters, config.name):
-            return ProcessRunner(context, self.loop, self.supervisor)
+            return ProcessRunner(context, self.caller, self.loop, self.supervisor)
         return InstanceRunner(context, self.loop)
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from naiad.backends.base import ModelCaller
 from naiad.config.devices import visible_gpus
 from naiad.core.ensemble import EnsembleScheduler, Submit, check_steps, load_order
 from naiad.core.instances import Placement
@@ -28,6 +27,7 @@ from naiad.core.stores.base import Fingerprint, Store, StoreError
 from naiad.core.stores.inline import InlineStore, UnsafePathError
 from naiad.domain.errors import ServerError, invalid, not_found, unavailable
 from naiad.domain.model_config import ModelConfig
+from naiad.processes.instance import ServerCalls
 from naiad.processes.launch import ProcessSettings
 from naiad.processes.supervisor import Supervisor
 
@@ -89,7 +89,7 @@ class ModelManager:
         self._placement: Placement | None = None
         self._submit: Submit | None = None
 
-    def bind(self, caller: ModelCaller, submit: Submit) -> None:
+    def bind(self, caller: ServerCalls, submit: Submit) -> None:
         """What models call other models with (BLS) and what ensembles submit their steps to."""
         self._placement = Placement(caller, asyncio.get_running_loop(), self._supervisor)
         self._submit = submit
@@ -581,7 +581,7 @@ class ModelManager:
             loaded = [v for r in self._records.values() for v in r.versions.values() if v.state is ModelState.READY]
             for record in self._records.values():
                 record.latest = None
-            await asyncio.gather(*(version.unload() for version in loaded))
+            await asyncio.gather(*(version.unload(settle_timeout=timeout) for version in loaded))
             for record in self._records.values():
                 record.loaded = None
             self._release_unused()

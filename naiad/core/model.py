@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from naiad.core.stats import ModelStats
 from naiad.core.validation import RequestChecker
 from naiad.domain.errors import ServerError, invalid, unavailable
 from naiad.domain.model_config import ModelConfig
+
+logger = logging.getLogger("naiad.core")
 
 
 class ModelState(enum.Enum):
@@ -132,10 +135,10 @@ class ModelVersion:
         self.runners = tuple(runners)
         scheduler = Scheduler(runners, self.stats, config.max_batch_size, config.dynamic_batching, placement.loop)
         self._serving = Serving(checker, shaper, scheduler)
-        for runner in runners:
-            runner.watch(self)
         self.load_seconds = time.monotonic() - started
         self.state = ModelState.READY
+        for runner in runners:  # an instance that died since it loaded says so now
+            runner.watch(self)
 
     async def start_instances(self, config: ModelConfig, backend: Backend, placement: Placement) -> InstanceChange:
         """Load the instances `config` has and this READY version lacks (`config` differs in its instance groups
@@ -156,13 +159,13 @@ class ModelVersion:
         scheduler = self.serving.scheduler
         assert isinstance(scheduler, Scheduler)
         scheduler.add_instances(change.added)
-        for runner in change.added:
-            runner.watch(self)
         self.runners = tuple(r for r in self.runners if r not in change.dropped) + change.added
         self.config = change.config
         task = asyncio.get_running_loop().create_task(
             _unload_when_idle(scheduler.remove_instances(change.dropped), change.dropped)
         )
+        for runner in change.added:  # an instance that died since it loaded says so now
+            runner.watch(self)
         self._dropping.add(task)
         task.add_done_callback(self._dropping.discard)
         return task
@@ -188,13 +191,15 @@ class ModelVersion:
         if scheduler is not None:
             scheduler.instance_gone(runner)
         self.runners = tuple(r for r in self.runners if r is not runner)
-        if self.runners or self.state is not ModelState.READY:
+        if self.runners:
+            return
+        if scheduler is not None:  # also while unloading, which waits for the queue
+            scheduler.fail_queued(unavailable(f"model '{self.name}' version {self.version} is unavailable: {reason}"))
+        if self.state is not ModelState.READY:
             return
         self.state = ModelState.UNAVAILABLE
         self.reason = reason
         self._serving = None
-        if scheduler is not None:
-            scheduler.fail_queued(unavailable(f"model '{self.name}' version {self.version} is unavailable: {reason}"))
         if self.on_lost is not None:
             self.on_lost(self)
 
@@ -207,17 +212,26 @@ class ModelVersion:
         self._serving = Serving(RequestChecker(self.config), OutputShaper(self.config, self.folder), scheduler)
         self.state = ModelState.READY
 
-    async def unload(self) -> None:
-        """Stop taking requests, let those already queued or executing finish, then finalize every instance. Once
-        only, however many ask; a caller that stops waiting does not stop it."""
+    async def unload(self, settle_timeout: float | None = None) -> None:
+        """Stop taking requests, let those already queued or executing finish (for up to `settle_timeout` seconds:
+        at exit), then finalize every instance. Once only, however many ask; a caller that stops waiting does not
+        stop it."""
         if self._unloading is None:
-            self._unloading = asyncio.get_running_loop().create_task(self._unload())
+            self._unloading = asyncio.get_running_loop().create_task(self._unload(settle_timeout))
         await asyncio.shield(self._unloading)
 
-    async def _unload(self) -> None:
+    async def _unload(self, settle_timeout: float | None) -> None:
         self.state = ModelState.UNLOADING
         if self._serving is not None:
-            await self._serving.scheduler.settle()
+            settling = asyncio.ensure_future(self._serving.scheduler.settle())
+            done, _ = await asyncio.wait({settling}, timeout=settle_timeout)
+            if not done:
+                settling.cancel()
+                logger.warning(
+                    "model '%s' version %d still executes requests after the exit timeout; unloading it anyway",
+                    self.name,
+                    self.version,
+                )
         await asyncio.gather(*(runner.unload() for runner in self.runners), *self._dropping)
         self.runners = ()
         self._serving = None

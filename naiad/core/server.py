@@ -393,7 +393,8 @@ def _config_override(name: str, value: Any) -> dict[str, Any]:
 
 
 class _Caller:
-    """Lets a model call another model of this server (BLS) from its instance thread."""
+    """Lets a model call another model of this server (BLS) and control models: blocking, from an instance's thread,
+    or on the loop, for an instance process."""
 
     def __init__(self, server: InferenceServer, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
@@ -410,22 +411,31 @@ class _Caller:
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
 
     def load(self, model_name: str, config: str, files: Mapping[str, bytes]) -> None:
-        parameters: dict[str, Any] = {f"file:{path}": content for path, content in files.items()}
-        if config:
-            parameters["config"] = config
-        coroutine = self._server.load_model(model_name, parameters)
-        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        asyncio.run_coroutine_threadsafe(self.load_async(model_name, config, files), self._loop).result()
 
     def unload(self, model_name: str, unload_dependents: bool) -> None:
-        # no waiting: the unload waits for the requests of the model, and the request calling here is one of them
-        coroutine = self._server.unload_model(model_name, {"unload_dependents": unload_dependents}, wait=False)
-        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        asyncio.run_coroutine_threadsafe(self.unload_async(model_name, unload_dependents), self._loop).result()
 
     def is_ready(self, model_name: str, model_version: str) -> bool:
         return asyncio.run_coroutine_threadsafe(self._ready(model_name, model_version), self._loop).result()
 
-    async def _ready(self, model_name: str, model_version: str) -> bool:
+    # The same on the loop, for instance processes (naiad.processes.instance.ServerCalls)
+
+    async def load_async(self, model_name: str, config: str, files: Mapping[str, bytes]) -> None:
+        parameters: dict[str, Any] = {f"file:{path}": content for path, content in files.items()}
+        if config:
+            parameters["config"] = config
+        await self._server.load_model(model_name, parameters)
+
+    async def unload_async(self, model_name: str, unload_dependents: bool) -> None:
+        # no waiting: the unload waits for the requests of the model, and the request calling here is one of them
+        await self._server.unload_model(model_name, {"unload_dependents": unload_dependents}, wait=False)
+
+    def is_ready_now(self, model_name: str, model_version: str) -> bool:
         return self._server.model_ready(model_name, model_version)
+
+    async def _ready(self, model_name: str, model_version: str) -> bool:
+        return self.is_ready_now(model_name, model_version)
 
 
 __all__ = ["EXTENSIONS", "InferenceServer", "ModelStatistics", "Observer", "StoreError"]

@@ -18,10 +18,10 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
-from naiad.backends.base import InstanceContext
+from naiad.backends.base import InstanceContext, ModelCaller
 from naiad.domain.errors import ServerError, internal
 from naiad.domain.model_config import ModelConfig
 from naiad.domain.tensors import InferenceRequest, InferenceResult
@@ -42,7 +42,18 @@ logger = logging.getLogger("naiad.processes")
 Outcome = list[InferenceResult | ServerError]
 Done = Callable[[Outcome, int, int], None]
 
-_CONTROL = ("load_model", "unload_model", "is_model_ready")
+
+class ServerCalls(ModelCaller, Protocol):
+    """What an instance process's BLS and model-control calls are carried out with, on the server's loop."""
+
+    async def load_async(self, model_name: str, config: str, files: Mapping[str, bytes]) -> None:
+        """Load or reload a model (explicit mode); raises `ServerError`."""
+
+    async def unload_async(self, model_name: str, unload_dependents: bool) -> None:
+        """Unload a model (explicit mode), without waiting for its requests; raises `ServerError`."""
+
+    def is_ready_now(self, model_name: str, model_version: str) -> bool:
+        """Whether a model (version) can serve requests now."""
 
 
 class InstanceDiedError(Exception):
@@ -53,9 +64,15 @@ class InstanceProcess:
     """A model instance running in a process of its own."""
 
     def __init__(
-        self, context: InstanceContext, launch: Launch, loop: asyncio.AbstractEventLoop, on_death: Callable[[str], None]
+        self,
+        context: InstanceContext,
+        calls: ServerCalls,
+        launch: Launch,
+        loop: asyncio.AbstractEventLoop,
+        on_death: Callable[[str], None],
     ) -> None:
         self.context = context
+        self._calls = calls
         self._launch = launch
         self._loop = loop
         self._on_death = on_death
@@ -133,21 +150,23 @@ class InstanceProcess:
         self._started = True
 
     async def finalize(self) -> None:
-        """Run the model's finalize() once the batches held are answered, and wait for the process to end (SIGKILL
-        after `stub-timeout-seconds`)."""
+        """Run the model's finalize() and wait for the process to end, killing it if that takes more than
+        `stub-timeout-seconds`; or at once, if it still executes a batch (whoever unloads it waited long enough)."""
         if not self.alive:
             return
-        self._stage = "finalizing"
         timeout = self._launch.settings.stub_timeout_seconds
         try:
-            self._send((m.FINALIZE, ()))
-            await self._answer(timeout=None)
+            if self._held:
+                logger.warning("model instance '%s' (pid %d) is still executing; killing it", self.name, self.pid)
+                self.kill()
+            else:
+                self._stage = "finalizing"
+                self._send((m.FINALIZE, ()))
             await asyncio.wait_for(asyncio.shield(self._ended), timeout)
-        except InstanceDiedError:
-            return
         except asyncio.TimeoutError:
             logger.warning(
-                "model instance '%s' (pid %d) did not exit %d s after finalize(); killing it",
+                "model instance '%s' (pid %d) did not finish finalize() and exit within %d s "
+                "(--backend-config=python,stub-timeout-seconds); killing it",
                 self.name,
                 self.pid,
                 timeout,
@@ -193,6 +212,10 @@ class InstanceProcess:
             outcome = decode_results(self.reader, block, encoded, f"from model instance '{self.name}'")
         except ServerError as exc:
             outcome = [exc] * len(requests)
+        except Exception:  # a malformed answer: these requests fail, and the process is not trusted again
+            error = internal(f"model instance '{self.name}' of model '{self.model}' sent an answer naiad cannot read")
+            done([error] * len(requests), start, time.monotonic_ns())
+            raise
         if len(outcome) != len(requests):
             outcome = [internal(f"model instance '{self.name}' answered {len(outcome)} of {len(requests)}")] * len(
                 requests
@@ -250,7 +273,7 @@ class InstanceProcess:
         try:
             request = decode_requests(self.reader, block, (encoded,), f"of a BLS call from model '{self.model}'")[0]
             del block, encoded, message
-            response = await self.context.caller.infer_async(str(model_name), str(model_version), request)
+            response = await self._calls.infer_async(str(model_name), str(model_version), request)
             del request
             out, answer = encode_response(self.writer, response)
             self._send((m.BLS_DONE, (), call, out, (True, answer)))
@@ -262,15 +285,20 @@ class InstanceProcess:
 
     async def _control(self, message: Message) -> None:
         _, _, call, operation, arguments = message
-        caller = self.context.caller
+        calls = self._calls
         try:
-            if operation not in _CONTROL:
+            value: Any = None
+            if operation == "load_model":
+                model_name, config, files = arguments
+                await calls.load_async(str(model_name), str(config), dict(files))
+            elif operation == "unload_model":
+                model_name, unload_dependents = arguments
+                await calls.unload_async(str(model_name), bool(unload_dependents))
+            elif operation == "is_model_ready":
+                model_name, model_version = arguments
+                value = calls.is_ready_now(str(model_name), str(model_version))
+            else:
                 raise internal(f"unknown call '{operation}' from model '{self.model}'")
-            methods: dict[str, Callable[..., Any]] = {
-                "load_model": caller.load, "unload_model": caller.unload, "is_model_ready": caller.is_ready,
-            }  # fmt: skip
-            method = methods[operation]
-            value = await asyncio.to_thread(method, *arguments)  # they wait for the loop: never on it
             self._send((m.CALL_DONE, (), call, (True, value)))
         except ServerError as exc:
             self._send((m.CALL_DONE, (), call, (False, m.error_of(exc))))

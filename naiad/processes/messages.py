@@ -36,7 +36,7 @@ Error = tuple[str, str]  # an ErrorCode name and the message
 
 def error_of(exc: ServerError) -> Error:
     """A `ServerError` as plain values."""
-    return exc.code.name, exc.message
+    return exc.code.name, str(exc.message)
 
 
 def server_error(error: Error) -> ServerError:

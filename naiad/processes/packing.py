@@ -43,23 +43,27 @@ def write_tensors(arena: WriteArena, tensors: Sequence[Tensor]) -> tuple[Block |
         else:
             source = data
             nbytes = data.size * numpy_dtype(tensor.datatype).itemsize  # the datatype's size, not the array's
-        descriptors.append((tensor.name, tensor.datatype, tuple(tensor.shape), total, nbytes))
+        descriptors.append((str(tensor.name), str(tensor.datatype), tuple(map(int, tensor.shape)), total, nbytes))
         sources.append(source)
         total += aligned(nbytes)
     if total == 0:
         return None, tuple(descriptors)
     block = arena.allocate(total)
-    for (_name, datatype, _shape, position, nbytes), source in zip(descriptors, sources, strict=True):
-        if not nbytes:
-            continue
-        if isinstance(source, bytes):
-            arena.write(block, position, source)
-            continue
-        dtype = numpy_dtype(datatype)
-        if source.dtype == dtype and source.flags.c_contiguous:
-            arena.write(block, position, source)
-        else:
-            np.copyto(arena.array(block, position, dtype, source.shape), source, casting="unsafe")
+    try:
+        for (_name, datatype, _shape, position, nbytes), source in zip(descriptors, sources, strict=True):
+            if not nbytes:
+                continue
+            if isinstance(source, bytes):
+                arena.write(block, position, source)
+                continue
+            dtype = numpy_dtype(datatype)
+            if source.dtype == dtype and source.flags.c_contiguous:
+                arena.write(block, position, source)
+            else:
+                np.copyto(arena.array(block, position, dtype, source.shape), source, casting="unsafe")
+    except BaseException:
+        arena.free([block])
+        raise
     return block, tuple(descriptors)
 
 
@@ -84,7 +88,27 @@ def read_tensors(
 
 
 def _parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(parameters) if parameters else {}
+    return {str(key): plain(value, key) for key, value in parameters.items()} if parameters else {}
+
+
+def plain(value: Any, what: object = "value") -> Any:
+    """`value` as the plain type it stands for (a numpy scalar, a `str` or `int` subclass, such as an IntEnum,
+    become str, int, float or bool), which the other side can unpickle; raises TypeError for anything else."""
+    if value is None or type(value) in (str, int, float, bool, bytes):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, (str, bytes)):
+        return str(value) if isinstance(value, str) else bytes(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(item, what) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): plain(item, key) for key, item in value.items()}
+    raise TypeError(f"parameter '{what}' is a {type(value).__name__}, which is not a bool, int, float or str")
 
 
 def _received(parameters: dict[str, Any]) -> Mapping[str, Any]:
@@ -94,13 +118,20 @@ def _received(parameters: dict[str, Any]) -> Mapping[str, Any]:
 def encode_requests(arena: WriteArena, requests: Sequence[InferenceRequest]) -> tuple[Block | None, tuple[Any, ...]]:
     """A batch of requests: one block for every input, and per request its id, parameters, requested output names
     and input descriptors."""
+    fields = [
+        (
+            plain(request.id, "id"),
+            _parameters(request.parameters),
+            None if request.outputs is None else tuple(str(output.name) for output in request.outputs),
+        )
+        for request in requests
+    ]
     block, descriptors = write_tensors(arena, [tensor for request in requests for tensor in request.inputs])
     encoded: list[Any] = []
     start = 0
-    for request in requests:
+    for request, (request_id, parameters, outputs) in zip(requests, fields, strict=True):
         end = start + len(request.inputs)
-        outputs = None if request.outputs is None else tuple(output.name for output in request.outputs)
-        encoded.append((request.id, _parameters(request.parameters), outputs, descriptors[start:end]))
+        encoded.append((request_id, parameters, outputs, descriptors[start:end]))
         start = end
     return block, tuple(encoded)
 
@@ -126,15 +157,16 @@ def encode_results(
 ) -> tuple[Block | None, tuple[Any, ...]]:
     """One result or error per request of a batch: (True, parameters, descriptors) or (False, error)."""
     outputs = [tensor for result in results if not isinstance(result, ServerError) for tensor in result.outputs]
-    block, descriptors = write_tensors(arena, outputs)
+    parameters = [None if isinstance(result, ServerError) else _parameters(result.parameters) for result in results]
+    block, descriptors = write_tensors(arena, outputs)  # last: nothing after it may fail and leave the block taken
     encoded: list[Any] = []
     start = 0
-    for result in results:
+    for result, values in zip(results, parameters, strict=True):
         if isinstance(result, ServerError):
             encoded.append((False, error_of(result)))
             continue
         end = start + len(result.outputs)
-        encoded.append((True, _parameters(result.parameters), descriptors[start:end]))
+        encoded.append((True, values, descriptors[start:end]))
         start = end
     return block, tuple(encoded)
 
@@ -159,9 +191,10 @@ def decode_results(
 
 def encode_response(arena: WriteArena, response: InferenceResponse) -> tuple[Block | None, tuple[Any, ...]]:
     """A BLS call's response: its model, version, id, parameters and output descriptors."""
-    block, descriptors = write_tensors(arena, response.outputs)
+    fields = (str(response.model_name), str(response.model_version), plain(response.id, "id"))
     parameters = _parameters(response.parameters)
-    return block, (response.model_name, response.model_version, response.id, parameters, descriptors)
+    block, descriptors = write_tensors(arena, response.outputs)
+    return block, (*fields, parameters, descriptors)
 
 
 def decode_response(arena: ReadArena, block: Block | None, encoded: Sequence[Any], where: str) -> InferenceResponse:

@@ -46,6 +46,7 @@ class Stub:
     def __init__(self, sock: socket.socket, first_segment: int, growth: int, label: str) -> None:
         self._sock = sock
         self._send_lock = threading.Lock()
+        self.sending = 0  # the thread inside `send`, which must not send again (a log line from a signal handler)
         self.writer = WriteArena(label, first_segment, growth)
         self.reader = ReadArena()
         self._jobs: deque[Message] = deque()
@@ -84,10 +85,14 @@ class Stub:
     def send(self, message: Message) -> None:
         """Send a message (with any segment it needs first), from any thread."""
         with self._send_lock:
-            for data, fds in frames_for(message, self.writer, self.reader):
-                send_blocking(self._sock, data, fds)
-                for fd in fds:
-                    os.close(fd)
+            self.sending = threading.get_ident()
+            try:
+                for data, fds in frames_for(message, self.writer, self.reader):
+                    send_blocking(self._sock, data, fds)
+                    for fd in fds:
+                        os.close(fd)
+            finally:
+                self.sending = 0
 
     def call(self, message: Callable[[int], Message]) -> Message:
         """Send a request to the server and wait for its answer."""
@@ -163,7 +168,11 @@ class Stub:
         try:
             block, encoded = encode_results(self.writer, results)
         except OSError as exc:  # no shared memory left
-            block, encoded = encode_results(self.writer, [internal(f"cannot return the outputs: {exc}")] * len(results))
+            error = internal(f"the outputs {self._where} cannot be returned: no shared memory: {exc}")
+            block, encoded = encode_results(self.writer, [error] * len(results))
+        except Exception as exc:  # a value that cannot cross, such as a parameter of another type
+            error = internal(f"the outputs {self._where} cannot be returned: {exc}")
+            block, encoded = encode_results(self.writer, [error] * len(results))
         del results
         self.send((m.RESULTS, (), batch, block, encoded))
 
@@ -206,9 +215,10 @@ class Stub:
             entry = self._calls.pop(message[2], None)
             if entry is not None:
                 future, awaited = entry
-                future.set_result(message)
                 if awaited:
                     self.inbox.async_call(-1)
+                with contextlib.suppress(concurrent.futures.InvalidStateError):  # its coroutine was cancelled
+                    future.set_result(message)
 
 
 class RemoteCaller:
@@ -231,17 +241,18 @@ class RemoteCaller:
         return self._response(model_name, await answer)
 
     def load(self, model_name: str, config: str, files: Mapping[str, bytes]) -> None:
-        self._control("load_model", (model_name, config, dict(files)))
+        self._control("load_model", (str(model_name), str(config), {str(k): bytes(v) for k, v in files.items()}))
 
     def unload(self, model_name: str, unload_dependents: bool) -> None:
-        self._control("unload_model", (model_name, unload_dependents))
+        self._control("unload_model", (str(model_name), bool(unload_dependents)))
 
     def is_ready(self, model_name: str, model_version: str) -> bool:
-        return bool(self._control("is_model_ready", (model_name, model_version)))
+        return bool(self._control("is_model_ready", (str(model_name), str(model_version))))
 
     def _bls(self, model_name: str, model_version: str, request: InferenceRequest) -> Callable[[int], Message]:
         block, encoded = encode_requests(self._stub.writer, [request])
-        return lambda call: (m.BLS, (), call, model_name, model_version, block, encoded[0])
+        name, version = str(model_name), str(model_version)
+        return lambda call: (m.BLS, (), call, name, version, block, encoded[0])
 
     def _response(self, model_name: str, answer: Message) -> InferenceResponse:
         _, _, _, block, outcome = answer
@@ -265,11 +276,13 @@ class LogForwarder(logging.Handler):
         self._traceback = logging.Formatter()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self._stub.sending == threading.get_ident():  # logged from inside a send: it would wait for itself
+            return
         try:
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + self._traceback.formatException(record.exc_info)
-            self._stub.send((m.LOG, (), record.name, record.levelno, text))
+            self._stub.send((m.LOG, (), str(record.name), int(record.levelno), str(text)))
         except Exception:  # the server is going away; nothing to log to
             pass
 

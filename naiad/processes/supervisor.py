@@ -16,7 +16,7 @@ from naiad.domain.errors import ServerError, internal
 from naiad.domain.tensors import InferenceRequest
 from naiad.processes.autocomplete import auto_complete_in_process
 from naiad.processes.environments import EnvironmentBuilder
-from naiad.processes.instance import Done, InstanceProcess
+from naiad.processes.instance import Done, InstanceProcess, ServerCalls
 from naiad.processes.launch import Launch, ProcessSettings
 
 logger = logging.getLogger("naiad.processes")
@@ -43,8 +43,11 @@ class ProcessRunner:
     """A model instance in a process of its own, as the scheduler sees any instance: load, execute a list of
     requests, unload; plus `available`, false while its process is being started again."""
 
-    def __init__(self, context: InstanceContext, loop: asyncio.AbstractEventLoop, supervisor: Supervisor) -> None:
+    def __init__(
+        self, context: InstanceContext, calls: ServerCalls, loop: asyncio.AbstractEventLoop, supervisor: Supervisor
+    ) -> None:
         self.context = context
+        self._calls = calls
         self.name = context.instance_name
         self.restarts = 0
         self._loop = loop
@@ -58,6 +61,7 @@ class ProcessRunner:
         self._live_since = 0.0
         self._young_deaths = 0  # deaths in a row before _YOUNG_S, and failed starts
         self._failed_starts = 0
+        self._lost_reason = ""
 
     @property
     def available(self) -> bool:
@@ -71,8 +75,12 @@ class ProcessRunner:
         return process.pid if process is not None and process.alive else 0
 
     def watch(self, watcher: InstanceWatcher) -> None:
-        """Tell `watcher` when the instance goes down, comes back or is lost."""
+        """Tell `watcher` when the instance goes down, comes back or is lost; at once, if it already is."""
         self._watcher = watcher
+        if self._state == "restarting":
+            watcher.instance_down(self)
+        elif self._state == "lost":
+            watcher.instance_lost(self, self._lost_reason)
 
     async def load(self, backend: Any = None) -> None:
         """Start the process and initialize the instance; raises `ServerError` with the reason."""
@@ -111,7 +119,7 @@ class ProcessRunner:
 
     async def _start(self) -> InstanceProcess:
         assert self._launch is not None
-        process = InstanceProcess(self.context, self._launch, self._loop, self._died)
+        process = InstanceProcess(self.context, self._calls, self._launch, self._loop, self._died)
         self._supervisor.track(self, process)
         await process.start(self._backend)
         self._live_since = time.monotonic()
@@ -160,7 +168,7 @@ class ProcessRunner:
                 self._watcher.instance_up(self)
             return
         self._state = "lost"
-        reason = (
+        reason = self._lost_reason = (
             f"model instance '{self.name}' was given up after {self._failed_starts} failed starts in a row: {reason}"
         )
         logger.error("%s", reason)

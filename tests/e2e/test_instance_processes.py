@@ -379,3 +379,252 @@ def test_tensors_larger_than_the_shared_memory_segments_cross_whole(tmp_path: Pa
         result = client.infer("keeper", inputs)
         assert np.array_equal(result.as_numpy("VALUES_OUT"), values * 2)
         assert list(result.as_numpy("WORDS_OUT")) == [w[::-1] for w in words]
+
+
+IO_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "IN" data_type: TYPE_FP32 dims: [ 1 ] } ]
+    output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+"""
+
+ECHO = """
+def echo(requests, pb_utils):
+    return [
+        pb_utils.InferenceResponse([pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())])
+        for r in requests
+    ]
+"""
+
+SLOW_MODEL = (
+    ECHO
+    + """
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(0.2)
+        return echo(requests, pb_utils)
+"""
+)
+
+# IN > 0: gives up on its BLS call after 50 ms and waits while the answer arrives; IN = 0: awaits it.
+CANCELLING_MODEL = (
+    ECHO
+    + """
+import asyncio
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            call = pb_utils.InferenceRequest(
+                model_name="slow", requested_output_names=["OUT"], inputs=[pb_utils.Tensor("IN", x)]
+            )
+            if x[0] > 0:
+                try:
+                    await asyncio.wait_for(call.async_exec(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
+                await asyncio.sleep(0.4)
+            else:
+                response = await call.async_exec()
+                assert not response.has_error(), response.error().message()
+        return echo(requests, pb_utils)
+"""
+)
+
+ROUTER_MODEL = (
+    ECHO
+    + """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        pb_utils.load_model("target")
+        assert pb_utils.is_model_ready("target")
+        return echo(requests, pb_utils)
+"""
+)
+
+# Answers with parameters that are a numpy string and an IntEnum (both pass pb_utils' isinstance checks).
+NUMPY_PARAMETERS_MODEL = """
+import enum
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+LABELS = np.array(["cat", "dog"])
+
+
+class Rank(enum.IntEnum):
+    FIRST = 1
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        pid = pb_utils.Tensor("OUT", np.array([float(os.getpid())], dtype=np.float32))
+        parameters = {"label": LABELS[0], "rank": Rank.FIRST}
+        return [pb_utils.InferenceResponse([pid], parameters=parameters) for r in requests]
+"""
+
+# Instance _0_0 ends 0.3 s after its initialize() and cannot start again; _0_1 takes 1.5 s to initialize.
+EARLY_DEATH_MODEL = (
+    ECHO
+    + """
+import os
+import threading
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        mark = os.path.join(args["model_repository"], "..", "..", "died-once")
+        if args["model_instance_name"].endswith("_0_0"):
+            if os.path.exists(mark):
+                raise RuntimeError("cannot start again")
+            open(mark, "w").close()
+            threading.Thread(target=lambda: (time.sleep(0.3), os._exit(7)), daemon=True).start()
+        else:
+            time.sleep(1.5)
+
+    def execute(self, requests):
+        return echo(requests, pb_utils)
+"""
+)
+
+STUCK_FINALIZE_MODEL = (
+    ECHO
+    + """
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return echo(requests, pb_utils)
+
+    def finalize(self):
+        time.sleep(3600)
+"""
+)
+
+
+def infer_in(url: str, model: str, value: float = 0.0, timeout: float = 30) -> requests.Response:
+    body = {"inputs": [{"name": "IN", "shape": [1], "datatype": "FP32", "data": [value]}]}
+    return requests.post(f"{url}/v2/models/{model}/infer", json=body, timeout=timeout)
+
+
+def test_a_cancelled_async_exec_loses_no_later_answer(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "slow", IO_CONFIG, SLOW_MODEL)
+    write_model(repo, "cancelling", IO_CONFIG, CANCELLING_MODEL)
+    server = naiad.start(repo)
+    assert infer_in(server.url, "cancelling", 1.0).status_code == 200
+    answer = infer_in(server.url, "cancelling", 0.0, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert "Traceback" not in server.log()
+
+
+def test_many_instances_loading_models_at_once_do_not_wait_for_each_other(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "router", IO_CONFIG + "instance_group [ { count: 6 kind: KIND_CPU } ]", ROUTER_MODEL)
+    write_model(repo, "target", IO_CONFIG, SLOW_MODEL)
+    server = naiad.start(repo, "--model-control-mode=explicit", "--load-model=router")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: infer_in(server.url, "router", timeout=60), range(6)))
+    assert [answer.status_code for answer in answers] == [200] * 6, [answer.text for answer in answers]
+    assert requests.get(f"{server.url}/v2/models/target/ready").status_code == 200
+
+
+def test_parameters_of_numpy_and_enum_types_cross(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "labels", IO_CONFIG, NUMPY_PARAMETERS_MODEL)
+    server = naiad.start(repo)
+    first, second = (infer_in(server.url, "labels") for _ in range(2))
+    assert first.status_code == 200 and second.status_code == 200, first.text
+    assert first.json()["parameters"] == {"label": "cat", "rank": 1}
+    assert first.json()["outputs"][0]["data"] == second.json()["outputs"][0]["data"]  # the same process: no restart
+
+
+def test_an_instance_given_up_while_its_model_unloads_fails_the_queue(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "crash", CRASH_CONFIG, CRASH_MODEL)
+    server = naiad.start(repo, "--model-control-mode=explicit", "--load-model=crash")
+    (tmp_path / "DIE_AT_START").touch()
+    assert crash(server.url, 1).status_code == 500
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        queued = pool.submit(crash, server.url, 0)  # waits for a restart that never succeeds
+        time.sleep(0.2)
+        unload = pool.submit(requests.post, f"{server.url}/v2/repository/models/crash/unload", timeout=60)
+        reply = queued.result(timeout=30)
+        assert unload.result(timeout=30).status_code == 200
+    assert reply.status_code == 503
+    assert "was given up after 5 failed starts in a row" in reply.json()["error"]
+    assert requests.post(f"{server.url}/v2/repository/index").json()[0]["state"] == "UNAVAILABLE"
+
+
+def test_an_instance_that_dies_before_its_model_finishes_loading_is_not_given_work(
+    tmp_path: Path, naiad: ServerFactory
+) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "early", IO_CONFIG + "instance_group [ { count: 2 kind: KIND_CPU } ]", EARLY_DEATH_MODEL)
+    server = naiad.start(repo, metrics=True)
+    assert (tmp_path / "died-once").exists()
+    assert [infer_in(server.url, "early").status_code for _ in range(4)] == [200] * 4
+    metrics = requests.get(server.metrics_url).text
+    assert 'naiad_model_instances_live{model="early",version="1"} 1' in metrics
+    assert 'naiad_model_instance_restarts{model="early",version="1"} 1' in metrics
+
+
+def test_sigterm_with_a_stuck_execute_exits_after_the_exit_timeout(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "pids", PIDS_CONFIG, PIDS_MODEL)
+    server = naiad.start(repo, "--exit-timeout-secs=1")
+    children = children_of(server.process.pid)
+    stuck = concurrent.futures.ThreadPoolExecutor(1).submit(infer_pid, server.url, "pids", 3600.0)
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM, timeout=20) == 0
+    assert time.monotonic() - started < 10
+    assert not [pid for pid in children if running(pid)]
+    assert stuck.exception() is not None
+    assert "model instance 'pids_0_0' (pid" in server.log() and "is still executing; killing it" in server.log()
+
+
+def test_a_finalize_that_never_returns_is_ended_after_the_stub_timeout(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "stuck", IO_CONFIG, STUCK_FINALIZE_MODEL)
+    server = naiad.start(repo, "--backend-config=python,stub-timeout-seconds=2")
+    assert infer_in(server.url, "stuck").status_code == 200
+    assert server.stop(signal.SIGTERM, timeout=20) == 0
+    assert "did not finish finalize() and exit within 2 s" in server.log()
+
+
+def test_restarts_leave_no_descriptor_or_mapping_behind_in_the_server(tmp_path: Path, naiad: ServerFactory) -> None:
+    repo = tmp_path / "models"
+    write_model(repo, "crash", CRASH_CONFIG, CRASH_MODEL)
+    server = naiad.start(repo)
+    pid = server.process.pid
+
+    def held() -> tuple[int, int]:
+        maps = Path(f"/proc/{pid}/maps").read_text().count("naiad_python_backend_shm_region_")
+        return len(os.listdir(f"/proc/{pid}/fd")), maps
+
+    assert crash(server.url, 0).status_code == 200
+    before = held()
+    for _ in range(4):
+        assert crash(server.url, 2).status_code == 500
+        wait_until(lambda: crash(server.url, 0).status_code == 200, "crash serves again")
+    assert held() == before

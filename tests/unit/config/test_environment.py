@@ -28,12 +28,13 @@ def test_a_cpu_instance_keeps_the_servers_devices(monkeypatch: pytest.MonkeyPatc
 def test_a_venv_is_activated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/usr/bin")
     monkeypatch.setenv("PYTHONHOME", "/opt/server-python")
+    monkeypatch.setenv("PYTHONPATH", "/opt/server-python/lib/python3.11/site-packages")
     monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
     environment = instance_environment(None, tmp_path)
     assert environment["PATH"] == f"{tmp_path}/bin:/usr/bin"
     assert environment["LD_LIBRARY_PATH"] == f"{tmp_path}/lib"
     assert environment["VIRTUAL_ENV"] == str(tmp_path)
-    assert "PYTHONHOME" not in environment and "CONDA_PREFIX" not in environment
+    assert "PYTHONHOME" not in environment and "PYTHONPATH" not in environment and "CONDA_PREFIX" not in environment
 
 
 def test_a_conda_environment_is_activated_as_conda_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,7 +53,8 @@ def test_unknown_model_and_version(server: RunningServer) -> None:
     expect(requests.get(server.url + "/v2/models/add_sub/versions/9"), 404, "'add_sub' version 9 is not found")
     expect(requests.get(server.url + "/v2/models/nope/stats"), 404, "'nope'")
     expect(requests.get(server.url + "/v2/models/nope/config"), 404, "'nope'")
-    assert requests.get(server.url + "/v2/models/nope/ready").status_code == 400
+    not_ready = requests.get(server.url + "/v2/models/nope/ready")
+    assert not_ready.status_code == 400 and not_ready.json() == {"error": "Model version not ready"}
 
 
 def test_unknown_input(server: RunningServer) -> None:

@@ -256,7 +256,8 @@ def test_not_ready_while_no_instance_is_live_and_requests_wait_for_the_restart(
     server = naiad.start(repo)
     (tmp_path / "SLOW_RESTART").touch()
     assert crash(server.url, 1).status_code == 500
-    assert requests.get(f"{server.url}/v2/models/crash/ready").status_code == 400
+    not_ready = requests.get(f"{server.url}/v2/models/crash/ready")
+    assert not_ready.status_code == 400 and not_ready.json() == {"error": "Model version not ready"}
     assert requests.get(f"{server.url}/v2/health/ready").status_code == 400
     waiting = crash(server.url, 0)  # queued until the instance is back
     assert waiting.status_code == 200, waiting.text
@@ -618,9 +619,15 @@ def test_restarts_leave_no_descriptor_or_mapping_behind_in_the_server(tmp_path: 
     server = naiad.start(repo)
     pid = server.process.pid
 
-    def held() -> tuple[int, int]:
+    def held() -> tuple[int, int, int, int]:
+        """The server's pidfds, memfds, Unix sockets and shared-memory mappings (not its TCP connections)."""
+        unix = {line.split()[6] for line in Path("/proc/net/unix").read_text().splitlines()[1:]}
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         maps = Path(f"/proc/{pid}/maps").read_text().count("naiad_python_backend_shm_region_")
-        return len(os.listdir(f"/proc/{pid}/fd")), maps
+        pidfds = sum(1 for target in targets if "pidfd" in target)
+        memfds = sum(1 for target in targets if target.startswith("/memfd:"))
+        sockets = sum(1 for target in targets if target.startswith("socket:[") and target[8:-1] in unix)
+        return pidfds, memfds, sockets, maps
 
     assert crash(server.url, 0).status_code == 200
     before = held()

@@ -124,7 +124,9 @@ class HttpApp:
             return None
         _allow(request, "GET")
         if verb == "ready":
-            return HttpReply(200 if self.server.model_ready(name, version) else 400, content_type=_TEXT)
+            if self.server.model_ready(name, version):
+                return HttpReply(200, content_type=_TEXT)
+            return HttpReply(400, b'{"error":"Model version not ready"}')  # Triton's, unknown models included
         if verb == "config":
             return HttpReply(200, codec.dumps(self.server.model_config(name, version)))
         return HttpReply(200, codec.dumps(self.server.statistics(name, version)))

@@ -266,13 +266,29 @@ class PythonModelInstance:
             text = str(exc)
             _LOG.error("model instance '%s': %s", self._instance_name, text)
         else:
-            text = f"{type(exc).__name__}: {exc}"
+            text = f"{type(exc).__name__}: {exc}{_where_raised(exc)}"
             _LOG.error("execute of model instance '%s' failed", self._instance_name, exc_info=exc)
         code = ErrorCode[exc.code().name] if isinstance(exc, pb.TritonError) else ErrorCode.INTERNAL
         error = ServerError(
-            code, f"Failed to process the request(s) for model instance '{self._instance_name}', message: {text}"
+            code, f"Failed to process the request(s) for model '{self._instance_name}', message: {text}"
         )
         return [error] * count
+
+
+_NAIAD = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the naiad package
+
+
+def _where_raised(exc: BaseException) -> str:
+    """The model's frames the exception went through, innermost first, as Triton's Python backend adds them to the
+    message: `\n\nAt:\n  FILE(LINE): FUNCTION\n` (naiad's own frames, which Triton's C++ has no match for, left out)."""
+    frames: list[str] = []
+    trace = exc.__traceback__
+    while trace is not None:
+        code = trace.tb_frame.f_code
+        if not os.path.abspath(code.co_filename).startswith(_NAIAD + os.sep):
+            frames.append(f"  {code.co_filename}({trace.tb_lineno}): {code.co_name}\n")
+        trace = trace.tb_next
+    return "\n\nAt:\n" + "".join(reversed(frames)) if frames else ""
 
 
 class _BatchError(Exception):

@@ -227,10 +227,32 @@ def test_an_exception_in_execute_fails_every_request_and_the_instance_keeps_work
     error = results[0]
     assert isinstance(error, ServerError) and error.code is ErrorCode.INTERNAL
     assert error.message == (
-        "Failed to process the request(s) for model instance 'flaky_0_0', message: ValueError: too many"
+        "Failed to process the request(s) for model 'flaky_0_0', message: ValueError: too many\n\nAt:\n"
+        f"  {tmp_path / 'flaky' / '1' / 'model.py'}(7): execute\n"
     )
     assert "Traceback" in caplog.text and "too many" in caplog.text
     assert list(outputs(instance.execute([bytes_request(b"x")])[0])["IN"].data) == [b"x"]
+
+
+def test_the_error_of_a_nested_call_lists_the_models_frames_innermost_first(tmp_path: Path) -> None:
+    source = """
+    def parse(text):
+        return int(text)
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            return parse("x")
+    """
+    write_model(tmp_path, "nested", source)
+    raw = {**IO_CONFIG, "input": [{"name": "IN", "data_type": "TYPE_STRING", "dims": [-1]}]}
+    instance = load(tmp_path, "nested", {**raw, "output": [{"name": "IN", "data_type": "TYPE_STRING", "dims": [-1]}]})
+    (error,) = instance.execute([bytes_request(b"a")])
+    model = tmp_path / "nested" / "1" / "model.py"
+    assert isinstance(error, ServerError)
+    assert error.message == (
+        "Failed to process the request(s) for model 'nested_0_0', message: ValueError: invalid literal for int() "
+        f"with base 10: 'x'\n\nAt:\n  {model}(3): parse\n  {model}(7): execute\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -261,7 +283,7 @@ def test_a_return_that_breaks_tritons_rules_fails_the_batch(tmp_path: Path, body
     results = instance.execute([bytes_request(b"a"), bytes_request(b"b")])
     for result in results:
         assert isinstance(result, ServerError) and result.code is ErrorCode.INTERNAL
-        assert result.message == f"Failed to process the request(s) for model instance 'wrong_0_0', message: {message}"
+        assert result.message == f"Failed to process the request(s) for model 'wrong_0_0', message: {message}"
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,9 @@ class EnvironmentBuilder:
         root = self.environment(context.config.parameters, name, context.model_dir, context.version_dir)
         gpu = context.device_id if context.kind in ("GPU", "AUTO") else None
         python = _interpreter(root, name) if root is not None else server_python()
-        return Launch(python, instance_environment(gpu, root), self._settings, _label(context.instance_name))
+        environment = instance_environment(gpu, root)
+        inside = None if gpu is None else 0  # the one device the process sees
+        return Launch(python, environment, self._settings, _label(context.instance_name), inside)
 
     def launch_for_folder(self, parameters: Mapping[str, str], name: str, model_dir: Path, version_dir: Path) -> Launch:
         """How to start a throw-away process for a model (its auto-complete), on no particular device."""

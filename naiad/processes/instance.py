@@ -132,7 +132,8 @@ class InstanceProcess:
             fields = {
                 "config": _picklable(context.config), "version": context.version, "model_dir": str(context.model_dir),
                 "version_dir": str(context.version_dir), "instance_name": context.instance_name,
-                "kind": context.kind, "device_id": context.device_id,
+                "kind": context.kind,
+                "device_id": context.device_id if self._launch.device_id is None else self._launch.device_id,
             }  # fmt: skip
             self._send((m.INIT, (), backend, fields))
             answer = await self._answer(timeout=None)

@@ -36,6 +36,7 @@ class Launch:
     environment: Mapping[str, str]
     settings: ProcessSettings
     label: str  # the instance, as its segments are named
+    device_id: int | None = None  # its GPU's id inside the process (0: it sees that one only); None: the server's
 
     def start(self) -> tuple[subprocess.Popen[bytes], socket.socket]:
         """Start the process; it and the server's end of its socket (non-blocking)."""

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from naiad.backends.base import InstanceContext
+from naiad.config.model_config import build
 from naiad.domain.errors import ServerError
 from naiad.processes.environments import EnvironmentBuilder
 from naiad.processes.launch import ProcessSettings
@@ -58,3 +60,17 @@ def test_links_inside_the_environment_are_kept(tmp_path: Path) -> None:
     assert root is not None and root.name.startswith("packed-")
     assert (root / "bin" / "python3").resolve() == (root / "bin" / "python3.11").resolve()
     assert (root / "bin" / "python3").read_bytes() == b"#!/bin/sh\n"
+
+
+def test_a_gpu_instance_sees_its_device_alone_as_device_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    model = tmp_path / "m"
+    (model / "1").mkdir(parents=True)
+    config = build({"name": "m", "backend": "python"}, "m")
+    builder = EnvironmentBuilder(ProcessSettings(environment_cache=tmp_path / "cache"))
+    context = InstanceContext(config, 1, model, model / "1", "m_0_0", "GPU", 2, None)  # type: ignore[arg-type]
+    launch = builder.launch(context)
+    assert launch.environment["CUDA_VISIBLE_DEVICES"] == "6"
+    assert launch.device_id == 0  # so that the model's cuda:{model_instance_device_id} is that device
+    cpu = builder.launch(InstanceContext(config, 1, model, model / "1", "m_0_0", "CPU", 0, None))  # type: ignore[arg-type]
+    assert cpu.environment["CUDA_VISIBLE_DEVICES"] == "4,5,6" and cpu.device_id is None

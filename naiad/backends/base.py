@@ -49,7 +49,7 @@ class InstanceContext:
 
 
 class ModelInstance(Protocol):
-    """One loaded instance of a model; each runs on its own thread, one `execute` at a time."""
+    """One loaded instance of a model; each runs on a thread or in a process of its own, one `execute` at a time."""
 
     def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult | ServerError]:
         """One result or error per request, in order."""

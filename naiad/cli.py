@@ -72,7 +72,7 @@ def _backend_config_flag(parser: argparse.ArgumentParser) -> None:
         "default-max-batch-size=N, the max_batch_size auto-complete gives a model that can batch (default 4); for "
         "python (Triton's names): shm-default-byte-size=N and shm-growth-byte-size=N, the shared memory of each "
         "instance process (first segment and each further one, default 1 MiB), stub-timeout-seconds=N, how long an "
-        "instance process may take to start and to exit after finalize (default 30), shm-region-prefix-name=NAME",
+        "instance process may take to start, and to run finalize() and exit (default 30), shm-region-prefix-name=NAME",
     )
     _flag(
         parser,

@@ -99,9 +99,7 @@ def build(raw: dict[str, Any], folder_name: str, gpus: tuple[int, ...] = ()) -> 
         instance_groups=tuple(_instance_group(item, where, auto_on_gpu) for item in filled.get("instance_group", [])),
         dynamic_batching=batching,
         default_model_filename=proto.default_model_filename,
-        parameters=MappingProxyType(
-            {key: str(value.get("string_value", "")) for key, value in filled.get("parameters", {}).items()}
-        ),
+        parameters=MappingProxyType(parameter_values(filled)),
         raw=MappingProxyType(copy.deepcopy(filled)),
         ensemble_steps=tuple(_ensemble_step(item) for item in filled.get("ensemble_scheduling", {}).get("step", [])),
     )

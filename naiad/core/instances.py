@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 import time
@@ -32,15 +31,10 @@ class Runner(Protocol):
 
     context: InstanceContext
     name: str
-    restarts: int
 
     @property
     def available(self) -> bool:
         """Whether it can take a batch now (false while its process is started again)."""
-
-    @property
-    def pid(self) -> int:
-        """The process it runs in (0 while it has none)."""
 
     def watch(self, watcher: InstanceWatcher) -> None:
         """Tell `watcher` when it goes down, comes back, or is lost for good."""
@@ -78,7 +72,6 @@ class InstanceRunner:
     """One instance of a model in the server's process: its backend object and the thread that calls it."""
 
     available = True  # a thread does not die on its own
-    restarts = 0
 
     def __init__(self, context: InstanceContext, loop: asyncio.AbstractEventLoop) -> None:
         self.context = context
@@ -88,11 +81,6 @@ class InstanceRunner:
         self._instance: ModelInstance | None = None
         self._thread = threading.Thread(target=self._serve, name=f"naiad-{self.name}", daemon=True)
         self._thread.start()
-
-    @property
-    def pid(self) -> int:
-        """The server's own process."""
-        return os.getpid()
 
     def watch(self, watcher: InstanceWatcher) -> None:
         """Nothing to tell: the thread lives as long as the server."""

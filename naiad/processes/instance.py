@@ -84,12 +84,17 @@ class InstanceProcess:
         self._sock: socket.socket | None = None
         self._pidfd = -1
         self._frames = FrameBuffer(plain=True)
-        self.writer = WriteArena("unused", 1, 1)  # replaced by the instance's own at `start`
+        settings = launch.settings
+        self.writer = WriteArena(
+            f"{settings.shm_region_prefix_name}{self.name}-in",
+            settings.shm_default_byte_size,
+            settings.shm_growth_byte_size,
+        )
         self.reader = ReadArena()
         self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
         self._held: dict[int, tuple[Sequence[InferenceRequest], Done, int]] = {}
         self._batches = itertools.count()
-        self._waiting: asyncio.Future[Message] | None = None  # a start-up or finalize answer
+        self._waiting: asyncio.Future[Message] | None = None  # an answer during start-up
         self._stage = "starting"  # what the process is doing, as the death message tells it
         self._tasks: set[asyncio.Future[Any]] = set()
         self._kill_timer: asyncio.TimerHandle | None = None
@@ -108,11 +113,6 @@ class InstanceProcess:
     async def start(self, backend: str) -> None:
         """Start the process and load the instance (initialize()); raises `ServerError` with the reason."""
         settings = self._launch.settings
-        self.writer = WriteArena(
-            f"{settings.shm_region_prefix_name}{self.name}-in",
-            settings.shm_default_byte_size,
-            settings.shm_growth_byte_size,
-        )
         try:
             self._process, self._sock = self._launch.start()
         except OSError as exc:
@@ -141,9 +141,6 @@ class InstanceProcess:
                 raise m.server_error(answer[2])
         except InstanceDiedError as exc:
             raise internal(f"failed to load model '{self.model}': {exc}") from None
-        except ServerError:
-            self.kill()
-            raise
         except BaseException:
             self.kill()
             raise

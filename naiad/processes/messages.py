@@ -13,7 +13,7 @@ from naiad.domain.errors import ErrorCode, ServerError
 INIT = 1  # (INIT, freed, backend name, InstanceContext fields, settings): load the instance
 EXECUTE = 2  # (EXECUTE, freed, batch, block, requests)
 AUTO_COMPLETE = 3  # (AUTO_COMPLETE, freed, backend name, raw config, model folder, version folder, max batch)
-FINALIZE = 4  # (FINALIZE, freed): unload, then exit
+FINALIZE = 4  # (FINALIZE, freed): unload, then exit (the server sees the exit)
 BLS_DONE = 5  # (BLS_DONE, freed, call, block, response | error)
 CALL_DONE = 6  # (CALL_DONE, freed, call, value | error)
 # instance -> server
@@ -25,7 +25,6 @@ RESULTS = 24  # (RESULTS, freed, batch, block, results)
 BLS = 25  # (BLS, freed, call, model, version, block, request)
 CALL = 26  # (CALL, freed, call, operation, arguments): load_model, unload_model, is_model_ready
 LOG = 27  # (LOG, freed, logger, level, text)
-FINALIZED = 28  # (FINALIZED, freed)
 # either way
 SEGMENT = 40  # (SEGMENT, freed, segment, size), its descriptor passed with the frame
 DROP = 41  # (DROP, freed, segments): the writer released these segments

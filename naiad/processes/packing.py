@@ -32,35 +32,35 @@ Descriptor = tuple[str, str, tuple[int, ...], int, int]
 def write_tensors(arena: WriteArena, tensors: Sequence[Tensor]) -> tuple[Block | None, tuple[Descriptor, ...]]:
     """Copy the tensors into one new block; the block (None when they hold no bytes) and their descriptors."""
     descriptors: list[Descriptor] = []
-    sources: list[bytes | np.ndarray] = []
+    sources: list[bytes | tuple[np.ndarray, np.dtype[Any]]] = []  # BYTES serialized, or an array and its dtype
     total = 0
     for tensor in tensors:
         data = tensor.data
-        source: bytes | np.ndarray
         if tensor.datatype == "BYTES":
-            source = serialize_bytes(data) if data.size else b""
-            nbytes = len(source)
+            serialized = serialize_bytes(data) if data.size else b""
+            nbytes = len(serialized)
+            sources.append(serialized)
         else:
-            source = data
-            nbytes = data.size * numpy_dtype(tensor.datatype).itemsize  # the datatype's size, not the array's
+            dtype = numpy_dtype(tensor.datatype)
+            nbytes = data.size * dtype.itemsize  # the datatype's size, not the array's
+            sources.append((data, dtype))
         descriptors.append((str(tensor.name), str(tensor.datatype), tuple(map(int, tensor.shape)), total, nbytes))
-        sources.append(source)
         total += aligned(nbytes)
     if total == 0:
         return None, tuple(descriptors)
     block = arena.allocate(total)
     try:
-        for (_name, datatype, _shape, position, nbytes), source in zip(descriptors, sources, strict=True):
+        for (_name, _datatype, _shape, position, nbytes), source in zip(descriptors, sources, strict=True):
             if not nbytes:
                 continue
             if isinstance(source, bytes):
                 arena.write(block, position, source)
                 continue
-            dtype = numpy_dtype(datatype)
-            if source.dtype == dtype and source.flags.c_contiguous:
-                arena.write(block, position, source)
+            array, dtype = source
+            if array.dtype == dtype and array.flags.c_contiguous:
+                arena.write(block, position, array)
             else:
-                np.copyto(arena.array(block, position, dtype, source.shape), source, casting="unsafe")
+                np.copyto(arena.array(block, position, dtype, array.shape), array, casting="unsafe")
     except BaseException:
         arena.free([block])
         raise

@@ -196,7 +196,6 @@ class Stub:
         instance, self._instance = self._instance, None
         if instance is not None:
             instance.unload()  # finalize(); its errors are logged
-        self.send((m.FINALIZED, ()))
 
     # What arrives, taken by whichever thread reads
 

@@ -68,12 +68,6 @@ class ProcessRunner:
         """Whether the instance can take a batch now."""
         return self._state == "live"
 
-    @property
-    def pid(self) -> int:
-        """The instance's process id (0 while it has none)."""
-        process = self._process
-        return process.pid if process is not None and process.alive else 0
-
     def watch(self, watcher: InstanceWatcher) -> None:
         """Tell `watcher` when the instance goes down, comes back or is lost; at once, if it already is."""
         self._watcher = watcher
@@ -149,7 +143,6 @@ class ProcessRunner:
             if self._state != "restarting":
                 return
             self.restarts += 1
-            self._supervisor.restarted(self)
             try:
                 process = await self._start()
             except ServerError as exc:
@@ -184,7 +177,6 @@ class Supervisor:
         self.settings = settings
         self._environments = EnvironmentBuilder(settings)
         self._processes: dict[ProcessRunner, InstanceProcess] = {}
-        self.restart_count = 0
 
     async def launch(self, context: InstanceContext) -> Launch:
         """How to start an instance of this model: its interpreter, environment and device."""
@@ -212,10 +204,6 @@ class Supervisor:
     def forget(self, runner: ProcessRunner) -> None:
         """The runner's process is gone for good."""
         self._processes.pop(runner, None)
-
-    def restarted(self, runner: ProcessRunner) -> None:
-        """Count a restart."""
-        self.restart_count += 1
 
     def kill_all(self) -> None:
         """At exit: end whatever process is left (finalize() has had its chance)."""

@@ -159,12 +159,10 @@ def _interpreter(root: Path, name: str) -> str:
 
 
 def _unpack(archive: Path, target: Path, where: str) -> None:
-    """Unpack into a scratch folder beside `target`, then rename it into place (whole, or not at all)."""
-    scratch = target.with_name(f"{target.name}.partial-{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    """Unpack `archive` as `target`, whole or not at all."""
     try:
-        with tarfile.open(archive) as tar:
+        with _made_whole(target) as scratch, tarfile.open(archive) as tar:
+            scratch.mkdir(parents=True)
             root = os.path.realpath(scratch)
             for member in tar:
                 _check_member(member, root, where)
@@ -172,9 +170,19 @@ def _unpack(archive: Path, target: Path, where: str) -> None:
                     tar.extract(member, scratch, filter="fully_trusted")  # checked above; symlinks may be absolute
                 else:  # pragma: no cover
                     tar.extract(member, scratch)
-        os.rename(scratch, target)
     except tarfile.TarError as exc:
         raise invalid(f"{where}: the archive cannot be read: {exc}") from None
+
+
+@contextlib.contextmanager
+def _made_whole(target: Path) -> Iterator[Path]:
+    """A scratch folder beside `target` to make it in, renamed into place when the block ends without an error, so
+    that `target` appears whole or not at all; what is left of the scratch folder is removed either way."""
+    scratch = target.with_name(f"{target.name}.partial-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        yield scratch
+        os.rename(scratch, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -198,30 +206,27 @@ def _check_member(member: tarfile.TarInfo, root: str, where: str) -> None:
 
 def _build(requirements: Path, target: Path, name: str) -> None:
     """A venv with the requirements installed, the server's packages behind them."""
-    scratch = target.with_name(f"{target.name}.partial-{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(scratch, ignore_errors=True)
+    logger.info("model '%s': building a Python environment from %s in %s", name, requirements, target)
     try:
-        logger.info("model '%s': building a Python environment from %s in %s", name, requirements, target)
-        _run([server_python(), "-m", "venv", str(scratch)], name, "creating the venv", requirements.parent)
-        _run(
-            [str(scratch / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-r",
-             str(requirements)],
-            name, "pip install -r requirements.txt", requirements.parent,
-        )  # fmt: skip
-        # Installed first, then the server's packages behind them: pip never sees (or touches) the server's own.
-        purelib = Path(
-            subprocess.run(
-                [str(scratch / "bin" / "python"), "-c", "import sysconfig;print(sysconfig.get_paths()['purelib'])"],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()
-        )  # fmt: skip
-        server_paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-        (purelib / "zz-naiad-server-packages.pth").write_text("".join(f"{path}\n" for path in server_paths))
-        os.rename(scratch, target)
+        with _made_whole(target) as scratch:
+            _run([server_python(), "-m", "venv", str(scratch)], name, "creating the venv", requirements.parent)
+            _run(
+                [str(scratch / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-r",
+                 str(requirements)],
+                name, "pip install -r requirements.txt", requirements.parent,
+            )  # fmt: skip
+            # Installed first, then the server's packages behind them: pip never sees (or touches) the server's own.
+            purelib = Path(
+                subprocess.run(
+                    [str(scratch / "bin" / "python"), "-c",
+                     "import sysconfig;print(sysconfig.get_paths()['purelib'])"],
+                    capture_output=True, text=True, check=True,
+                ).stdout.strip()
+            )  # fmt: skip
+            server_paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+            (purelib / "zz-naiad-server-packages.pth").write_text("".join(f"{path}\n" for path in server_paths))
     except subprocess.CalledProcessError as exc:
         raise invalid(f"the venv built from the requirements.txt of model '{name}' is broken: {exc}") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run(command: list[str], name: str, what: str, cwd: Path) -> None:

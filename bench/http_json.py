@@ -172,6 +172,34 @@ class Server:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def server_cpu_seconds(server: int) -> float:
+    """utime + stime of the server's live processes: its session (it was started with start_new_session) and every
+    descendant, such as instance processes that lead sessions of their own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, int, int]] = {}  # pid -> parent, session, CPU ticks
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state, ppid, pgrp, session, ..., utime (11), stime (12)
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12]))
+
+    def belongs(pid: int) -> bool:
+        seen = 0
+        while pid in table and seen < 64:
+            parent, session, _ = table[pid]
+            if pid == server or session == server:
+                return True
+            pid, seen = parent, seen + 1
+        return False
+
+    return sum(ticks for pid, (_, _, ticks) in table.items() if belongs(pid)) / tick
+
+
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
     """One HTTP request; returns (status, body) for 2xx and error statuses alike."""
     req = urllib.request.Request(url, data=body, method=method)

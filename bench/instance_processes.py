@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import shutil
 import statistics
 import sys
@@ -28,6 +27,7 @@ from http_json import (
     ratio,
     run_guarded,
     run_wrk,
+    server_cpu_seconds,
     write_results,
 )
 
@@ -59,34 +59,6 @@ instance_group [ {{ count: {count} kind: KIND_CPU }} ]
 """
 SPIN_BODY = '{"inputs":[{"name":"N","shape":[1],"datatype":"INT64","data":[%d]}]}'
 THREADS_PARAMETER = 'parameters { key: "NAIAD_INSTANCE_PROCESS" value: { string_value: "false" } }\n'
-
-
-def server_cpu_seconds(server: int) -> float:
-    """utime + stime of the server's live processes: its session (it was started with start_new_session) and every
-    descendant, such as instance processes that lead sessions of their own."""
-    tick = os.sysconf("SC_CLK_TCK")
-    table: dict[int, tuple[int, int, int]] = {}  # pid -> parent, session, CPU ticks
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # after the command: state, ppid, pgrp, session, ..., utime (11), stime (12)
-        table[int(entry.name)] = (int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12]))
-
-    def belongs(pid: int) -> bool:
-        seen = 0
-        while pid in table and seen < 64:
-            parent, session, _ = table[pid]
-            if pid == server or session == server:
-                return True
-            pid, seen = parent, seen + 1
-        return False
-
-    return sum(ticks for pid, (_, _, ticks) in table.items() if belongs(pid)) / tick
 
 
 def timed(server: Server, url: str, lua: Path, connections: int, args: argparse.Namespace) -> dict[str, float]:

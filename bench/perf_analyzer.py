@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -34,10 +35,11 @@ from http_json import (
     perf_analyzer_attempts,
     ratio,
     run_guarded,
+    server_cpu_seconds,
     write_results,
 )
 
-ALL_SERVERS = ("triton", "naiad", "bare", "bare-uvloop", "floor")
+ALL_SERVERS = ("triton", "naiad", "bare", "bare-uvloop", "floor", "h2-bare", "cygrpc-bare")
 DEFAULT_SERVERS = ("triton", "naiad", "bare")
 ALL_PROTOCOLS = ("grpc", "http")
 # `bare` is ../shared/peers/grpc_bare.py on the peers' interpreter (plain asyncio): the grpcio ceiling for one Python
@@ -50,8 +52,17 @@ PROTOCOLS_OF = {
     "bare": ("grpc",),
     "bare-uvloop": ("grpc",),
     "floor": ("grpc",),
+    "h2-bare": ("grpc",),
+    "cygrpc-bare": ("grpc",),
 }
 FLOOR = Path(__file__).resolve().parent / "grpc_floor.py"
+# The two other stacks measured against the bare grpc.aio servicer (issue 13), each doing only add_sub's arithmetic:
+# `h2-bare` on an HTTP/2 layer of its own (bench/grpc_h2_bare.py), `cygrpc-bare` on grpcio's core bindings with a
+# lean call loop (bench/grpc_cygrpc_bare.py).
+PROTOTYPES = {
+    "h2-bare": Path(__file__).resolve().parent / "grpc_h2_bare.py",
+    "cygrpc-bare": Path(__file__).resolve().parent / "grpc_cygrpc_bare.py",
+}
 # Targets from the issue: (protocol, reference server, concurrency, naiad/reference at least).
 TARGETS = (
     ("grpc", "bare", 1, 0.9),
@@ -130,6 +141,10 @@ def start_server(name: str, repo: Path, peers: Peers, args: argparse.Namespace, 
     if name in ("bare-uvloop", "floor"):
         g = free_port()
         argv = [args.naiad_python, str(FLOOR), str(g), *(["--bare"] if name == "bare-uvloop" else [])]
+        return PAServer(name, argv, 0, logs / f"{name}.log", cwd=REPO_ROOT, grpc_port=g, protocols=("grpc",))
+    if name in PROTOTYPES:
+        g = free_port()
+        argv = [args.naiad_python, str(PROTOTYPES[name]), str(g)]
         return PAServer(name, argv, 0, logs / f"{name}.log", cwd=REPO_ROOT, grpc_port=g, protocols=("grpc",))
     # naiad binds gRPC and metrics to 0.0.0.0 by default: keep them on loopback like the others (still overridable).
     local = ["--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1"]
@@ -305,7 +320,13 @@ def measure(
                 continue
             pa_argv = perf_analyzer_argv(peers, server.port(protocol), protocol, conc, args.measurement_ms)
             pa_argv += args.pa_arg
+            assert server.proc is not None
+            cpu_before, wall_before = server_cpu_seconds(server.proc.pid), time.monotonic()
             result, text = perf_analyzer_attempts(pa_argv, args.pa_timeout, args.pa_attempts)
+            cpu_share = (server_cpu_seconds(server.proc.pid) - cpu_before) / (time.monotonic() - wall_before)
+            if isinstance(result["infer_per_s"], float) and result["infer_per_s"] > 0:
+                # The server's CPU over the whole perf_analyzer run (its warm-up included) at the measured rate.
+                result["cpu_us_per_inference"] = cpu_share * 1e6 / result["infer_per_s"]
             if result["infer_per_s"] is None:
                 runs.append({**key, **result})
                 print(f"  {protocol:<4} c={conc:<3} FAILED (status {result['rc']}):", flush=True)
@@ -317,8 +338,10 @@ def measure(
             lat = latencies(text)
             runs.append({**key, **result, **lat})
             avg = fmt(lat.get("latency_avg_us"))
+            cpu = fmt(result.get("cpu_us_per_inference"))  # type: ignore[arg-type]
             print(
-                f"  {protocol:<4} c={conc:<3} {fmt(result['infer_per_s']):>8} infer/s  (avg latency {avg} us)",
+                f"  {protocol:<4} c={conc:<3} {fmt(result['infer_per_s']):>8} infer/s  (avg latency {avg} us, "
+                f"server CPU {cpu} us/inference)",
                 flush=True,
             )
     return server.died() is None
@@ -354,7 +377,9 @@ def report(
     cols = [f"{p} c={c}" for p in args.protocol_list for c in args.conc_list]
     median = median_table(args, runs, "infer_per_s")
     lat = median_table(args, runs, "latency_avg_us")
+    cpu = median_table(args, runs, "cpu_us_per_inference")
     pairs = [("naiad", "triton"), ("naiad", "bare"), ("floor", "bare"), ("floor", "bare-uvloop"), ("naiad", "floor")]
+    pairs += [(p, ref) for p in PROTOTYPES for ref in ("triton", "bare")]
     ratios = {
         f"{a}/{b}": {c: ratio(median[a][c], median[b][c]) for c in cols}
         for a, b in pairs
@@ -378,6 +403,9 @@ def report(
     print("avg latency us")
     for name in args.server_list:
         print(("  " + name).ljust(18) + "".join(f"{fmt(lat[name][c]):>13}" for c in cols))
+    print("server CPU us per inference (every server process)")
+    for name in args.server_list:
+        print(("  " + name).ljust(18) + "".join(f"{fmt(cpu[name][c]):>13}" for c in cols))
     failed = [r for r in runs if r["infer_per_s"] is None]
     for r in failed:
         why = "server had died" if r["attempts"] == 0 else f"perf_analyzer status {r['rc']}"
@@ -414,6 +442,7 @@ def report(
         "runs": runs,
         "median_infer_per_s": median,
         "median_latency_avg_us": lat,
+        "median_cpu_us_per_inference": cpu,
         "ratios": ratios,
         "targets": verdicts,
         "error": error,

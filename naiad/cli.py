@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="compress gRPC responses to clients that accept it (default none)",
     )
     serve.add_argument(
+        "--grpc-stack",
+        choices=("naiad", "grpcio"),
+        default="naiad",
+        help="the gRPC service's HTTP/2: naiad's own, the default and the leanest per call, or grpcio's grpc.aio "
+        "server (every --grpc-* flag works on both)",
+    )
+    serve.add_argument(
         "--grpc-keepalive-time", type=non_negative, default=7_200_000, metavar="MS", help="keep-alive ping period"
     )
     serve.add_argument(
@@ -337,6 +344,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
             server_key=args.grpc_server_key,
             root_cert=args.grpc_root_cert,
             compression_level=args.grpc_infer_response_compression_level,
+            stack=args.grpc_stack,
             keepalive_time_ms=args.grpc_keepalive_time,
             keepalive_timeout_ms=args.grpc_keepalive_timeout,
             keepalive_permit_without_calls=args.grpc_keepalive_permit_without_calls,

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from naiad.config.log_levels import LogLevels
 from naiad.config.settings import ServerSettings
 from naiad.core.server import InferenceServer, StoreError
-from naiad.frontends.grpc.listener import GrpcListener, GrpcSetupError
+from naiad.frontends.grpc.listener import GrpcListener, GrpcSetupError, grpc_listener
 from naiad.frontends.http.app import HttpApp
 from naiad.frontends.http.metrics import MetricsApp
 from naiad.frontends.http.protocol import HttpListener
@@ -170,7 +170,7 @@ async def _start_http(server: InferenceServer, settings: ServerSettings) -> Http
 
 async def _start_grpc(server: InferenceServer, settings: ServerSettings) -> GrpcListener | None:
     try:
-        listener = GrpcListener(server, settings.grpc)
+        listener = grpc_listener(server, settings.grpc)
         port = await listener.start(settings.grpc_port)
     except GrpcSetupError as exc:
         message = f"failed to start the GRPC service: {exc}"

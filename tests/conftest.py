@@ -120,8 +120,9 @@ def _has_started(log_file: Path) -> bool:
 class ServerFactory:
     """Starts servers and stops whatever is still running at the end."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, flags: tuple[str, ...] = ()) -> None:
         self._log_dir = log_dir
+        self._flags = flags  # before each start's own, which win
         self._started: list[RunningServer] = []
 
     def start(
@@ -135,7 +136,7 @@ class ServerFactory:
     ) -> RunningServer:
         """Start a server on `repository` with extra command-line flags (gRPC and metrics when asked)."""
         server = start_server(
-            repository, *flags, log_dir=self._log_dir, until=until, grpc=grpc, metrics=metrics, env=env
+            repository, *self._flags, *flags, log_dir=self._log_dir, until=until, grpc=grpc, metrics=metrics, env=env
         )
         self._started.append(server)
         return server
@@ -146,6 +147,9 @@ class ServerFactory:
             if server.process.poll() is None:
                 server.process.kill()
                 server.process.wait()
+
+
+GRPC_STACKS = ("naiad", "grpcio")  # --grpc-stack: the gRPC tests run on both
 
 
 @pytest.fixture

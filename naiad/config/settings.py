@@ -72,6 +72,7 @@ class GrpcSettings:
     server_key: str = ""
     root_cert: str = ""
     compression_level: str = "none"
+    stack: str = "naiad"  # --grpc-stack: naiad's own HTTP/2 or grpcio's grpc.aio
     keepalive_time_ms: int = 7_200_000
     keepalive_timeout_ms: int = 20_000
     keepalive_permit_without_calls: bool = False

@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests import models
-from tests.conftest import RunningServer, ServerFactory
+from tests.conftest import GRPC_STACKS, RunningServer, ServerFactory
 from tests.grpc_inputs import add_sub_inputs, one_input
 
 Field = descriptor_pb2.FieldDescriptorProto
@@ -30,10 +30,10 @@ A = np.arange(16, dtype=np.float32).reshape(1, 16)
 B = np.ones((1, 16), dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=GRPC_STACKS)
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("grpc")
-    factory = ServerFactory(root)
+    factory = ServerFactory(root, (f"--grpc-stack={request.param}",))
     yield factory.start(models.build_inference_repository(root), grpc=True)
     factory.close()
 

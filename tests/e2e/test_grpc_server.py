@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests import models
-from tests.conftest import RunningServer, ServerFactory
+from tests.conftest import GRPC_STACKS, RunningServer, ServerFactory
 from tests.grpc_inputs import add_sub_inputs
 
 A = np.arange(16, dtype=np.float32).reshape(1, 16)
@@ -52,6 +53,14 @@ def assert_refused(client: grpcclient.InferenceServerClient) -> InferenceServerE
     assert time.monotonic() - started < 8, "the call hung instead of being refused"
     assert caught.value.status() == "StatusCode.UNAVAILABLE", caught.value
     return caught.value
+
+
+@pytest.fixture(params=GRPC_STACKS)
+def naiad(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ServerFactory]:
+    """Servers for one test, on each gRPC stack in turn."""
+    factory = ServerFactory(tmp_path, (f"--grpc-stack={request.param}",))
+    yield factory
+    factory.close()
 
 
 def naiad_exit(repo: Path, *flags: str) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -21,6 +21,14 @@ from naiad.frontends.grpc.errors import status_of
 FINAL_RESPONSE = "triton_final_response"
 
 Context = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
+
+
+class Answer(Protocol):
+    """How a call taken without a task is ended."""
+
+    def answer(self, message: bytes) -> None: ...
+
+    def fail(self, code: int, message: str) -> None: ...
 
 
 def _refusing(extension: str) -> Callable[[Any, Any, Context], Awaitable[NoReturn]]:
@@ -98,6 +106,24 @@ class InferenceService:
             return codec.encode_response(response)
         except ServerError as exc:
             await _abort(context, exc)
+
+    def infer_into(self, request: pb.ModelInferRequest, call: Answer) -> None:
+        """ModelInfer without a task or a future: the answer is written from the response's callback."""
+
+        def done(outcome: InferenceResponse | ServerError) -> None:
+            if not isinstance(outcome, ServerError):
+                try:
+                    call.answer(codec.encode_response(outcome).SerializeToString())
+                    return
+                except ServerError as exc:
+                    outcome = exc
+            call.fail(status_of(outcome.code).value[0], outcome.message)
+
+        try:
+            decoded = codec.decode_request(request)
+            self.server.submit(request.model_name, request.model_version, decoded, done)
+        except ServerError as exc:
+            call.fail(status_of(exc.code).value[0], exc.message)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context

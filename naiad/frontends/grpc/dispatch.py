@@ -1,0 +1,97 @@
+"""`GrpcApplication`: what each new HTTP/2 stream is: a call of a known method (with its metadata, deadline and
+compression), a call refused by `--grpc-restricted-protocol`, or not a gRPC request at all."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from naiad.config.restrictions import GRPC_HEADER_PREFIX, Restrictions
+from naiad.frontends.grpc.calls import UNAVAILABLE, UNIMPLEMENTED, Call, Method, Refused, parse_timeout, refuse
+from naiad.frontends.grpc.restrictions import rpc_categories
+from naiad.frontends.http2.frames import ErrorCode
+from naiad.frontends.http2.headers import Fields
+from naiad.frontends.http2.streams import Stream, StreamHandler
+
+# grpc core's response compression for each level, among the algorithms the client accepts: from least to most
+# compression, "low" takes the first, "medium" the middle one, "high" the last.
+RANKED_ALGORITHMS = (b"gzip", b"deflate")
+LEVELS = {"none": None, "low": 0, "medium": 1, "high": -1}
+# Headers that are HTTP/2 or gRPC's own, not the call's metadata.
+_RESERVED = frozenset(
+    (b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding", b"user-agent", b"host")
+)
+
+
+class GrpcApplication:
+    """Routes streams to methods by `:path`."""
+
+    def __init__(self, methods: Mapping[str, Method], compression_level: str, restricted: Restrictions) -> None:
+        self._methods = {path.encode(): method for path, method in methods.items()}
+        self._level = LEVELS[compression_level]
+        self._encodings: dict[bytes, bytes] = {}  # grpc-accept-encoding -> the response's grpc-encoding
+        self._restricted = {
+            category: ((GRPC_HEADER_PREFIX + r.key).encode(), r.value.encode()) for category, r in restricted.items()
+        }
+
+    def stream_opened(self, stream: Stream, fields: Fields, end_stream: bool) -> StreamHandler:
+        path = b""
+        content_type = b""
+        timeout = encoding = accept = b""
+        metadata: list[tuple[bytes, bytes]] = []
+        for name, value in fields:
+            if name[:1] == b":":
+                if name == b":path":
+                    path = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = value
+            elif name == b"grpc-encoding":
+                encoding = value
+            elif name == b"grpc-accept-encoding":
+                accept = value
+            elif name not in _RESERVED:
+                metadata.append((name, value))
+        if not content_type.startswith(b"application/grpc"):
+            stream.reset(ErrorCode.INTERNAL_ERROR)  # as grpc's C++ servers (Triton) answer what is not gRPC
+            return Refused()
+        method = self._methods.get(path)
+        if method is None:
+            return refuse(stream, UNIMPLEMENTED, "")  # Triton's status, with no message
+        if self._restricted:
+            refused = self._check_restrictions(stream, path, metadata)
+            if refused is not None:
+                return refused
+        if encoding and encoding != b"identity" and encoding not in (b"gzip", b"deflate"):
+            return refuse(stream, UNIMPLEMENTED, f"Compression algorithm '{encoding.decode()}' is not supported")
+        return Call(
+            stream,
+            method,
+            tuple((name.decode(), value if name.endswith(b"-bin") else value.decode()) for name, value in metadata),
+            encoding,
+            self._response_encoding(accept),
+            -1,
+            parse_timeout(timeout) if timeout else None,
+        )
+
+    def _response_encoding(self, accept: bytes) -> bytes:
+        if self._level is None:
+            return b""
+        found = self._encodings.get(accept)
+        if found is None:
+            offered = {item.strip() for item in accept.split(b",")}
+            usable = [algorithm for algorithm in RANKED_ALGORITHMS if algorithm in offered]
+            found = usable[self._level if self._level >= 0 else len(usable) - 1] if usable else b""
+            if self._level == 1 and usable:
+                found = usable[len(usable) // 2]
+            if len(self._encodings) < 64:
+                self._encodings[accept] = found
+        return found
+
+    def _check_restrictions(self, stream: Stream, path: bytes, metadata: list[tuple[bytes, bytes]]) -> Refused | None:
+        for category in rpc_categories(path.decode()):
+            needed = self._restricted.get(category)
+            if needed is not None and needed not in metadata:
+                header = needed[0].decode()
+                return refuse(stream, UNAVAILABLE, f"This protocol is restricted, expecting header '{header}'")
+        return None

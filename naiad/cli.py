@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative,
         default=2,
         metavar="N",
-        help="pings the server sends with no data in between (0: no limit)",
+        help="accepted as tritonserver takes it; grpc servers (Triton's too) do not limit their own keep-alive "
+        "pings, so a value other than 2 is warned about",
     )
     serve.add_argument(
         "--grpc-http2-min-recv-ping-interval-without-data",

@@ -129,6 +129,7 @@ class RawClient:
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
         )
         self.h2.initiate_connection()
+        self.history: list[h2.events.Event] = []  # every event received
         self.flush()
 
     def flush(self) -> None:
@@ -148,7 +149,9 @@ class RawClient:
                 seen.append(h2.events.ConnectionTerminated())
                 return seen
             try:
-                seen += self.h2.receive_data(data)
+                received = self.h2.receive_data(data)
+                seen += received
+                self.history += received
             except h2.exceptions.ProtocolError:  # frames after a GOAWAY (grpc core pings after its first one)
                 if self.h2.state_machine.state != h2.connection.ConnectionState.CLOSED:
                     raise
@@ -159,18 +162,16 @@ class RawClient:
                 return seen
         return seen
 
-    def call(self, path: str, message: bytes) -> int:
+    def call(
+        self, path: str, message: bytes | None, extra: list[tuple[bytes, bytes]] | None = None, repeat: int = 1
+    ) -> int:
+        """A call's headers, then `message` (`repeat` times) and the end of the stream; None: headers alone."""
         stream = self.h2.get_next_available_stream_id()
-        headers = [
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":path", path.encode()),
-            (b":authority", b"localhost"),
-            (b"content-type", b"application/grpc"),
-            (b"te", b"trailers"),
-        ]
-        self.h2.send_headers(stream, headers)
-        body = memoryview(b"\x00" + len(message).to_bytes(4, "big") + message)
+        self.h2.send_headers(stream, grpc_headers(path) + (extra or []), end_stream=message is None)
+        if message is None:
+            self.flush()
+            return stream
+        body = memoryview((b"\x00" + len(message).to_bytes(4, "big") + message) * repeat)
         while body:
             room = min(self.h2.local_flow_control_window(stream), self.h2.max_outbound_frame_size)
             if room == 0:
@@ -183,6 +184,23 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def grpc_headers(path: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", path.encode()),
+        (b":authority", b"localhost"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]
+
+
+def h2_preface() -> bytes:
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    return connection.data_to_send()
 
 
 @pytest.fixture
@@ -297,3 +315,107 @@ def test_connection_age_sends_goaway(tmp_path: Path, naiad: ServerFactory) -> No
     client.close()
     assert any(isinstance(event, h2.events.ConnectionTerminated) for event in seen), seen
     assert time.monotonic() - started < 5
+
+
+# What a hostile or broken client sends (naiad's stack)
+
+
+def raw_naiad(tmp_path: Path, factory: ServerFactory, *flags: str) -> RawClient:
+    client = RawClient(factory.start(repository(tmp_path), *flags, grpc=True))
+    client.events(until=h2.events.SettingsAcknowledged, timeout=5)
+    return client
+
+
+def outcome(client: RawClient, stream: int, timeout: float = 10) -> dict[bytes, bytes]:
+    """The trailers (or trailers-only headers) that end `stream`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found: dict[bytes, bytes] = {}
+        for event in client.history:
+            if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived) and event.stream_id == stream:
+                found.update(dict(event.headers))
+            if isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
+                return found
+        client.events(until=h2.events.StreamEnded, timeout=1)
+    raise AssertionError(f"stream {stream} did not end")
+
+
+def test_a_bad_header_fails_only_its_own_call(tmp_path: Path, naiad_stack: ServerFactory) -> None:
+    client = raw_naiad(tmp_path, naiad_stack)
+    request = pb.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1]).contents.fp32_contents.append(0.3)
+    slow = client.call("/inference.GRPCInferenceService/ModelInfer", request.SerializeToString())
+    bad = client.call(
+        "/inference.GRPCInferenceService/ServerLive", b"", extra=[(b"x-meta", b"\xff\xfe"), (b"grpc-encoding", b"\xff")]
+    )
+    assert outcome(client, bad)[b"grpc-status"] == b"12"  # the encoding is refused: that call only
+    assert outcome(client, slow)[b"grpc-status"] == b"0"  # the other call on the connection is answered
+    client.close()
+
+
+def test_metadata_over_the_limit_fails_only_that_call(tmp_path: Path, naiad: ServerFactory) -> None:
+    server = naiad.start(repository(tmp_path), grpc=True)
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stream = stub.ModelStreamInfer(iter([]), timeout=30)  # open on the same connection meanwhile
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ServerLive(pb.ServerLiveRequest(), metadata=[("x-big", "x" * 70_000)], timeout=10)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+        assert list(stream) == []
+
+
+def test_headers_alone_get_an_answer(tmp_path: Path, naiad_stack: ServerFactory) -> None:
+    client = raw_naiad(tmp_path, naiad_stack)
+    unary = client.call("/inference.GRPCInferenceService/ServerLive", None)
+    streaming = client.call("/inference.GRPCInferenceService/ModelStreamInfer", None)
+    assert outcome(client, unary)[b"grpc-status"] != b"0"  # no message: an error, at once
+    assert outcome(client, streaming)[b"grpc-status"] == b"0"  # an empty stream: done
+    client.close()
+
+
+def test_a_second_message_on_a_unary_call_fails_it(tmp_path: Path, naiad_stack: ServerFactory) -> None:
+    client = raw_naiad(tmp_path, naiad_stack)
+    stream = client.call("/inference.GRPCInferenceService/ServerLive", b"", repeat=3)
+    assert outcome(client, stream)[b"grpc-status"] == b"13"
+    client.close()
+
+
+def test_a_reset_flood_ends_the_connection(tmp_path: Path, naiad_stack: ServerFactory) -> None:
+    client = raw_naiad(tmp_path, naiad_stack)
+    for _ in range(1_500):
+        stream = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(stream, grpc_headers("/inference.GRPCInferenceService/ServerLive"))
+        client.h2.reset_stream(stream)
+    client.flush()
+    ended = [
+        e for e in client.events(until=h2.events.ConnectionTerminated) if isinstance(e, h2.events.ConnectionTerminated)
+    ]
+    client.close()
+    assert ended and ended[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_a_client_that_floods_without_reading_is_cut_off(tmp_path: Path, naiad_stack: ServerFactory) -> None:
+    server = naiad_stack.start(repository(tmp_path), grpc=True)
+    with socket.create_connection(("127.0.0.1", server.grpc_port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(h2_preface())
+        flood = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"\x00" * 8  # PING, over and over
+        deadline = time.monotonic() + 20
+        with pytest.raises(OSError):  # the server closes the connection: a send fails
+            while time.monotonic() < deadline:
+                sock.sendall(flood * 1000)
+        assert time.monotonic() < deadline
+
+
+def test_server_keepalive_pings_go_on_while_a_stream_is_idle(tmp_path: Path, naiad_stack: ServerFactory) -> None:
+    client = raw_naiad(tmp_path, naiad_stack, "--grpc-keepalive-time=200")
+    stream = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(stream, grpc_headers("/inference.GRPCInferenceService/ModelStreamInfer"))
+    client.flush()
+    pings = 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and pings < 4:
+        pings += sum(isinstance(e, h2.events.PingReceived) for e in client.events(until=h2.events.PingReceived))
+    client.close()
+    assert pings >= 4

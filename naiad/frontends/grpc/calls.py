@@ -28,13 +28,12 @@ RESOURCE_EXHAUSTED = 8
 
 log = logging.getLogger("naiad.grpc")
 MAX_MESSAGE_SIZE = 2**31 - 1  # Triton takes messages up to 2 GiB both ways
-RESPONSE_HEADERS = headers.encode([(b":status", b"200"), (b"content-type", b"application/grpc")])
+ACCEPTED = (b"grpc-accept-encoding", b"identity,deflate,gzip")
+RESPONSE_HEADERS = headers.encode([(b":status", b"200"), (b"content-type", b"application/grpc"), ACCEPTED])
 OK_TRAILERS = headers.encode([(b"grpc-status", b"0")])
+OK_ONLY = headers.encode([(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"0")])
 TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-DECOMPRESS: dict[bytes, Callable[[bytes], bytes]] = {
-    b"gzip": gzip.decompress,
-    b"deflate": zlib.decompress,
-}
+WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}  # zlib's framing of each grpc-encoding
 COMPRESS: dict[bytes, Callable[[bytes, int], bytes]] = {
     b"gzip": lambda data, level: gzip.compress(data, level),
     b"deflate": lambda data, level: zlib.compress(data, level),
@@ -143,6 +142,7 @@ class Call:
             self._timer = loop.call_later(timeout, self._deadline_passed)
         if method.kind == "stream_stream":
             self._queue = asyncio.Queue()
+            stream.credit_on_receipt = False  # what the handler has not read yet bounds what the peer may send
             self._run(self._streamed(method.handler(self._requests(), CallContext(self))))
 
     # Reading (StreamHandler)
@@ -162,21 +162,24 @@ class Call:
             if end_stream:
                 self._queue.put_nowait(_END)
             return
-        if not end_stream:
-            return
-        if self._buffer:
-            self.fail(INTERNAL, "Incomplete message at the end of the stream")
-        elif len(self._messages) != 1:
-            self.fail(UNIMPLEMENTED if not self._messages else INTERNAL, _COUNT_ERROR[not self._messages])
-        else:
-            self._dispatch(self._messages.pop())
+        if len(self._messages) > 1:  # as grpc: at once, not after reading (and keeping) the rest
+            self.fail(INTERNAL, _COUNT_ERROR[False])
+        elif end_stream:
+            if self._buffer:
+                self.fail(INTERNAL, "Incomplete message at the end of the stream")
+            elif not self._messages:
+                self.fail(UNIMPLEMENTED, _COUNT_ERROR[True])
+            else:
+                self.stream.connection.defer(self._start)
 
     def stream_reset(self) -> None:
         if not self.over:
             self.cancelled = True
             self._end()
-            if self._task is not None:
-                self._task.cancel()
+
+    def _start(self) -> None:
+        if not self.over:  # not reset by the read that brought its message
+            self._dispatch(self._messages.pop()[0])
 
     def _split(self, data: bytes) -> None:
         """Length-prefixed messages out of the DATA received; a partial one waits in the buffer."""
@@ -199,7 +202,7 @@ class Call:
                 payload = self._decompress(payload)
             pos += 5 + size
             try:
-                self._messages.append(method.decode(payload))
+                self._messages.append((method.decode(payload), 5 + size))
             except Exception:  # protobuf's DecodeError and friends
                 raise CallError(INTERNAL, "Unable to parse request") from None  # Triton's words
         if view is buffer:
@@ -208,17 +211,24 @@ class Call:
             buffer += view[pos:]
 
     def _decompress(self, payload: bytes) -> bytes:
-        decompress = DECOMPRESS.get(self._encoding)
-        if decompress is None:
-            raise CallError(INTERNAL, f"Unexpected compressed message (grpc-encoding '{self._encoding.decode()}')")
+        wbits = WBITS.get(self._encoding)
+        if wbits is None:
+            encoding = self._encoding.decode("latin-1")
+            raise CallError(INTERNAL, f"Unexpected compressed message (grpc-encoding '{encoding}')")
+        inflater = zlib.decompressobj(wbits)
         try:
-            return decompress(payload)
-        except (OSError, zlib.error, EOFError) as exc:
+            message = inflater.decompress(payload, MAX_MESSAGE_SIZE + 1)
+        except zlib.error as exc:
             raise CallError(INTERNAL, f"Failed to decompress the message: {exc}") from None
+        if len(message) > MAX_MESSAGE_SIZE or inflater.unconsumed_tail:
+            raise CallError(RESOURCE_EXHAUSTED, f"Received message larger than max (more than {MAX_MESSAGE_SIZE})")
+        return message
 
     async def _requests(self) -> AsyncIterator[Any]:
         assert self._queue is not None
-        while (message := await self._queue.get()) is not _END:
+        while (item := await self._queue.get()) is not _END:
+            message, size = item
+            self.stream.consume(size)  # the peer may send more once the handler took this
             yield message
 
     # Running
@@ -240,7 +250,9 @@ class Call:
             self._run(self._streamed(method.handler(request, CallContext(self))))
 
     def _run(self, work: Coroutine[Any, Any, None]) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._running(work))
+        task = self._task = asyncio.get_running_loop().create_task(self._running(work))
+        _running.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(_running.discard)
 
     async def _running(self, work: Coroutine[Any, Any, None]) -> None:
         """The handler's run, ended with OK, its own status, or UNKNOWN for what it let escape."""
@@ -283,6 +295,7 @@ class Call:
                         (b":status", b"200"),
                         (b"content-type", b"application/grpc"),
                         (b"grpc-encoding", self._response_encoding),
+                        ACCEPTED,
                     ]
                 )
                 stream.send_headers(block)
@@ -301,9 +314,14 @@ class Call:
         self.finish()
 
     def finish(self) -> None:
-        if not self.over:
+        """Status OK (trailers only, when no message was sent: a stream that answered nothing)."""
+        if self.over:
+            return
+        if self._started:
             self.stream.send_trailers(OK_TRAILERS)
-            self._end()
+        else:
+            self.stream.send_headers(OK_ONLY, end_stream=True)
+        self._end()
 
     def fail(self, code: int, message: str) -> None:
         """End the call with `code` and `message` (trailers only, when nothing was sent yet)."""
@@ -322,16 +340,17 @@ class Call:
     def _deadline_passed(self) -> None:
         self._timer = None
         if not self.over:
-            task = self._task
+            self.stream.drop_unsent()  # the status must not wait behind data the peer no longer reads
             self.fail(DEADLINE_EXCEEDED, "Deadline Exceeded")
-            if task is not None:
-                task.cancel()
 
     def _end(self) -> None:
         self.over = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # the handler's answer can no longer be sent: stop its work
         callbacks, self.done_callbacks = self.done_callbacks, []
         for callback in callbacks:
             callback(self)
@@ -366,6 +385,7 @@ def parse_timeout(value: bytes) -> float | None:
 
 
 _END = object()
+_running: set[asyncio.Task[None]] = set()
 _COUNT_ERROR = {False: "Received more than one request message for a unary call", True: "No request message received"}
 _SAFE = frozenset(range(0x20, 0x7F)) - {ord("%")}
 

@@ -6,7 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from naiad.config.restrictions import GRPC_HEADER_PREFIX, Restrictions
-from naiad.frontends.grpc.calls import UNAVAILABLE, UNIMPLEMENTED, Call, Method, Refused, parse_timeout, refuse
+from naiad.frontends.grpc.calls import (
+    RESOURCE_EXHAUSTED,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    Call,
+    Method,
+    Refused,
+    parse_timeout,
+    refuse,
+)
 from naiad.frontends.grpc.restrictions import rpc_categories
 from naiad.frontends.http2.frames import ErrorCode
 from naiad.frontends.http2.headers import Fields
@@ -16,6 +25,7 @@ from naiad.frontends.http2.streams import Stream, StreamHandler
 # compression, "low" takes the first, "medium" the middle one, "high" the last.
 RANKED_ALGORITHMS = (b"gzip", b"deflate")
 LEVELS = {"none": None, "low": 0, "medium": 1, "high": -1}
+MAX_METADATA_SIZE = 64 * 1024  # a request's headers, counted as HTTP/2 does (grpc's own hard limit is 16 KiB)
 # Headers that are HTTP/2 or gRPC's own, not the call's metadata.
 _RESERVED = frozenset(
     (b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding", b"user-agent", b"host")
@@ -38,7 +48,9 @@ class GrpcApplication:
         content_type = b""
         timeout = encoding = accept = b""
         metadata: list[tuple[bytes, bytes]] = []
+        size = 0
         for name, value in fields:
+            size += len(name) + len(value) + 32  # as HTTP/2 counts a header list
             if name[:1] == b":":
                 if name == b":path":
                     path = value
@@ -52,6 +64,12 @@ class GrpcApplication:
                 accept = value
             elif name not in _RESERVED:
                 metadata.append((name, value))
+        if size > MAX_METADATA_SIZE:
+            return refuse(
+                stream,
+                RESOURCE_EXHAUSTED,
+                f"received metadata size exceeds hard limit ({size} vs. {MAX_METADATA_SIZE})",
+            )
         if not content_type.startswith(b"application/grpc"):
             stream.reset(ErrorCode.INTERNAL_ERROR)  # as grpc's C++ servers (Triton) answer what is not gRPC
             return Refused()
@@ -63,16 +81,23 @@ class GrpcApplication:
             if refused is not None:
                 return refused
         if encoding and encoding != b"identity" and encoding not in (b"gzip", b"deflate"):
-            return refuse(stream, UNIMPLEMENTED, f"Compression algorithm '{encoding.decode()}' is not supported")
-        return Call(
+            algorithm = encoding.decode("latin-1")
+            return refuse(stream, UNIMPLEMENTED, f"Compression algorithm '{algorithm}' is not supported")
+        call = Call(
             stream,
             method,
-            tuple((name.decode(), value if name.endswith(b"-bin") else value.decode()) for name, value in metadata),
+            tuple(
+                (name.decode("latin-1"), value if name.endswith(b"-bin") else value.decode("latin-1"))
+                for name, value in metadata
+            ),
             encoding,
             self._response_encoding(accept),
             -1,
             parse_timeout(timeout) if timeout else None,
         )
+        if end_stream:  # a request of headers alone: no message
+            call.data_received(b"", True)
+        return call
 
     def _response_encoding(self, accept: bytes) -> bytes:
         if self._level is None:

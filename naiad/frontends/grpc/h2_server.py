@@ -35,7 +35,6 @@ class Http2Server:
             keepalive_time_ms=settings.keepalive_time_ms,
             keepalive_timeout_ms=settings.keepalive_timeout_ms,
             keepalive_permit_without_calls=settings.keepalive_permit_without_calls,
-            max_pings_without_data=settings.http2_max_pings_without_data,
             min_recv_ping_interval_without_data_ms=settings.http2_min_recv_ping_interval_without_data_ms,
             max_ping_strikes=settings.http2_max_ping_strikes,
             max_connection_age_ms=settings.max_connection_age_ms,
@@ -83,16 +82,20 @@ class Http2Server:
 
     async def close(self, timeout: float) -> None:
         """Give calls still writing their answers up to `timeout` seconds, end what is left, and stop."""
-        if self._stopping is not None:
+        stopping = self._stopping
+        if stopping is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._stopping), timeout)
-            await self._stopping
+                await asyncio.wait_for(asyncio.shield(stopping), timeout)
         if self._listening is not None:
             self._listening.close()
         for connection in list(self._connections):
             connection.abort()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 1.0)
+        if stopping is not None and not stopping.done():
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
 
     def _connect(self) -> Connection:
         connection = Connection(self._app, self._policy, on_close=self._closed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from naiad.config.settings import GrpcSettings
@@ -9,6 +10,7 @@ from naiad.core.server import InferenceServer
 from naiad.frontends.grpc.tls import GrpcSetupError
 
 __all__ = ["GrpcListener", "GrpcSetupError"]
+logger = logging.getLogger("naiad.grpc")
 
 
 class GrpcListener(Protocol):
@@ -22,6 +24,11 @@ class GrpcListener(Protocol):
 
 
 def grpc_listener(server: InferenceServer, settings: GrpcSettings) -> GrpcListener:
+    if settings.http2_max_pings_without_data != 2:  # tritonserver's default
+        logger.warning(
+            "--grpc-http2-max-pings-without-data has no effect on a server: grpc servers (Triton's too) do not limit "
+            "their own keep-alive pings"
+        )
     if settings.stack == "grpcio":
         from naiad.frontends.grpc.aio_server import AioServer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,10 +34,17 @@ from naiad.frontends.http2.frames import (
 from naiad.frontends.http2.headers import Fields, HeaderDecoder
 from naiad.frontends.http2.streams import Stream, StreamHandler
 
+log = logging.getLogger("naiad.grpc")
+
 # What we let a peer send before it must wait for a WINDOW_UPDATE: per stream, and for the whole connection.
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME_SIZE = 4 * 1024 * 1024  # the largest frame we take (the peer's own limit bounds what we send)
+MAX_HEADER_BLOCK = 1024 * 1024  # a header block beyond this ends the connection (metadata limits are the app's)
+MAX_STREAMS = 65_536  # open streams per connection; more are refused
+MAX_QUEUED_CONTROL = 1_000  # replies to SETTINGS and PING queued while the peer does not read (CVE-2019-9515)
+LINGER_SECONDS = 5.0  # how long a closed connection waits for the peer's own close
+RESETS_PER_SECOND = 1_000  # streams the peer resets, on average, before it is told to calm down (CVE-2023-44487)
 _DATA = FrameType.DATA
 _HEADERS = FrameType.HEADERS
 
@@ -52,7 +60,6 @@ class ConnectionPolicy:
     keepalive_time_ms: int = 7_200_000
     keepalive_timeout_ms: int = 20_000
     keepalive_permit_without_calls: bool = False
-    max_pings_without_data: int = 2
     min_recv_ping_interval_without_data_ms: int = 300_000
     max_ping_strikes: int = 2
     max_connection_age_ms: int = 0
@@ -77,11 +84,15 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._preface_seen = False
-        self._decoder = HeaderDecoder(policy.max_header_list_size)
+        self._decoder = HeaderDecoder(4 * MAX_HEADER_BLOCK)  # in step whatever the size: limits are the app's
         self._streams: dict[int, Stream] = {}
         self._last_stream = 0
         self._continuing: tuple[int, int, bytearray] | None = None  # stream, flags, block so far
         self._out: list[bytes] = []
+        self._deferred: list[Callable[[], None]] = []  # run once the frames of a read are all taken
+        self._queued_control = 0
+        self._resets = 0.0  # a leaky bucket of the peer's resets
+        self._resets_at = 0.0
         self._reading = False
         self._flush_scheduled = False
         self._paused = False
@@ -94,11 +105,11 @@ class Connection(asyncio.Protocol):
         # pings, keep-alive, age
         self._ping_ids = itertools.count(1)
         self._keepalive_ping: bytes | None = None
-        self._pings_without_data = 0
         self._ping_strikes = 0
         self._last_ping_received = float("-inf")  # the first ping is never early
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._going_away = False
+        self._lingering: asyncio.TimerHandle | None = None
         self.closed = False  # no more reading or writing: GOAWAY is sent, or the peer is gone
 
     # asyncio.Protocol
@@ -119,26 +130,48 @@ class Connection(asyncio.Protocol):
             self._arm("age", policy.max_connection_age_ms, self._too_old)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # read and dropped while the connection lingers
         self._reading = True
         try:
             self._read(data)
+            deferred, self._deferred = self._deferred, []
+            for start in deferred:
+                start()
         except ProtocolError as fault:
             self._fail(fault.code, fault.reason)
+        except Exception:  # a bug must cost this connection at most, never the loop
+            log.exception("HTTP/2 connection failed")
+            self._fail(ErrorCode.INTERNAL_ERROR, "internal error")
         finally:
             self._reading = False
         self._replenish()
         self._flush()
+
+    def defer(self, start: Callable[[], None]) -> None:
+        """Run `start` once every frame of the current read is taken: a stream the same read resets is then over
+        before its work begins."""
+        if self._reading:
+            self._deferred.append(start)
+        else:
+            start()
 
     def pause_writing(self) -> None:
         self._paused = True
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._queued_control = 0
         for stream in list(self._blocked.values()):
             self._pump(stream)
         self._flush()
 
+    def eof_received(self) -> bool:
+        return False  # the peer's FIN: the transport closes
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lingering is not None:
+            self._lingering.cancel()
         self._close()
         streams, self._streams = self._streams, {}
         for stream in streams.values():
@@ -224,7 +257,7 @@ class Connection(asyncio.Protocol):
         elif kind == FrameType.PING:
             self._on_ping(flags, payload)
         elif kind == FrameType.RST_STREAM:
-            self._on_rst_stream(stream_id)
+            self._on_rst_stream(stream_id, payload)
         elif kind == FrameType.GOAWAY:
             self._going_away = True
             if not self._streams:
@@ -237,10 +270,14 @@ class Connection(asyncio.Protocol):
         self._received += len(payload)
         if self._received > CONNECTION_WINDOW:
             raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "data beyond the connection's window")
+        if stream_id == 0 or stream_id > self._last_stream:
+            raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote_closed:
             return  # a stream we reset or finished: its last frames may still be on their way
         stream.received += len(payload)
+        if not stream.credit_on_receipt and stream.received - stream.consumed > STREAM_WINDOW:
+            raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, f"data beyond stream {stream_id}'s window")
         if flags & PADDED:
             payload = _unpadded(payload)
         end = bool(flags & END_STREAM)
@@ -256,6 +293,8 @@ class Connection(asyncio.Protocol):
             payload = _unpadded(payload)
         if flags & PRIORITY:
             payload = payload[5:]
+        if len(payload) > MAX_HEADER_BLOCK:
+            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
         if flags & END_HEADERS:
             self._header_block(stream_id, flags, payload)
         else:
@@ -266,7 +305,7 @@ class Connection(asyncio.Protocol):
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "CONTINUATION without a header block")
         block = self._continuing[2]
         block += payload
-        if len(block) > self._policy.max_header_list_size * 2:
+        if len(block) > MAX_HEADER_BLOCK:
             raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
         if flags & END_HEADERS:
             first_flags = self._continuing[1]
@@ -288,8 +327,8 @@ class Connection(asyncio.Protocol):
             if stream_id <= self._last_stream and stream_id % 2:
                 return  # a stream already over
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"bad stream id {stream_id}")
-        if self._going_away:
-            self._write(rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
+        if self._going_away or len(self._streams) >= MAX_STREAMS:
+            self._control(rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
             return
         self._last_stream = stream_id
         stream = Stream(self, stream_id, self._peer_stream_window)
@@ -312,33 +351,45 @@ class Connection(asyncio.Protocol):
                 self._peer_stream_window = value
                 for stream in self._streams.values():
                     stream.window += delta
+                    if stream.window > MAX_WINDOW:
+                        raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "a stream's window beyond 2^31-1")
             elif key == Setting.MAX_FRAME_SIZE:
                 if not DEFAULT_MAX_FRAME_SIZE <= value <= 2**24 - 1:
                     raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
                 self._peer_max_frame = value
-        self._write(frame(FrameType.SETTINGS, ACK, 0))
+        self._control(frame(FrameType.SETTINGS, ACK, 0))
         for stream in list(self._blocked.values()):
             self._pump(stream)
 
     def _on_window_update(self, stream_id: int, payload: bytes) -> None:
-        increment = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+        if len(payload) != 4:
+            raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of a length other than 4")
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if increment == 0:
+            raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
         if stream_id == 0:
             self._send_window += increment
+            if self._send_window > MAX_WINDOW:
+                raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "the connection's window beyond 2^31-1")
             for blocked in list(self._blocked.values()):
                 self._pump(blocked)
             return
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream.window += increment
+            if stream.window > MAX_WINDOW:
+                raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, f"stream {stream_id}'s window beyond 2^31-1")
             self._pump(stream)
 
     def _on_ping(self, flags: int, payload: bytes) -> None:
+        if len(payload) != 8:
+            raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "PING of a length other than 8")
         if flags & ACK:
             if payload == self._keepalive_ping:
                 self._keepalive_ping = None
                 self._disarm("keepalive-timeout")
             return
-        self._write(frame(FrameType.PING, ACK, 0, payload))
+        self._control(frame(FrameType.PING, ACK, 0, payload))
         # grpc's ping policing: pings closer together than allowed, with no data sent by us in between, are
         # strikes; past the limit the connection ends with ENHANCE_YOUR_CALM, as grpc servers do
         policy = self._policy
@@ -355,7 +406,16 @@ class Connection(asyncio.Protocol):
                 self._write(goaway(self._last_stream, ErrorCode.ENHANCE_YOUR_CALM, b"too_many_pings"))
                 self._close()
 
-    def _on_rst_stream(self, stream_id: int) -> None:
+    def _on_rst_stream(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of a length other than 4")
+        if stream_id == 0 or stream_id > self._last_stream:
+            raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
+        now = self._loop.time()
+        self._resets = max(0.0, self._resets - (now - self._resets_at) * RESETS_PER_SECOND) + 1
+        self._resets_at = now
+        if self._resets > RESETS_PER_SECOND:
+            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "too many streams reset")
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
@@ -375,6 +435,14 @@ class Connection(asyncio.Protocol):
         if not self._reading and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def _control(self, data: bytes) -> None:
+        """A reply the peer's own frames call for; a peer that sends them without reading ours is cut off."""
+        if self._paused:
+            self._queued_control += 1
+            if self._queued_control > MAX_QUEUED_CONTROL:
+                raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "too many control frames unread")
+        self._write(data)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -418,21 +486,32 @@ class Connection(asyncio.Protocol):
         stream._sent_all()
 
     def _sent_data(self) -> None:
-        self._pings_without_data = 0
         self._ping_strikes = 0
+        self._last_ping_received = float("-inf")  # as grpc: sending data forgives earlier pings
 
     def _replenish(self) -> None:
         if self._received >= CONNECTION_WINDOW // 2:
             self._write(window_update(0, self._received))
             self._received = 0
         for stream in self._streams.values():
-            if stream.received >= STREAM_WINDOW // 2 and not stream.remote_closed:
+            if stream.credit_on_receipt and stream.received >= STREAM_WINDOW // 2 and not stream.remote_closed:
                 self._write(window_update(stream.id, stream.received))
                 stream.received = 0
+
+    def _credit(self, stream: Stream) -> None:
+        """Give back what the application consumed of a stream credited on consumption."""
+        if stream.consumed >= STREAM_WINDOW // 2 and not stream.remote_closed:
+            self._write(window_update(stream.id, stream.consumed))
+            stream.received -= stream.consumed
+            stream.consumed = 0
 
     # Stream ends
 
     def _stream_done(self, stream: Stream, reset: bool) -> None:
+        if not reset and not stream.remote_closed and stream.id in self._streams:
+            # the answer is complete while the client still sends: as grpc servers do, tell it to stop
+            self._write(rst_stream(stream.id, ErrorCode.NO_ERROR))
+            reset = True
         if reset:
             stream.remote_closed = True
         self._maybe_forget(stream)
@@ -465,9 +544,6 @@ class Connection(asyncio.Protocol):
         self._arm("keepalive", policy.keepalive_time_ms, self._keepalive)
         if self._keepalive_ping is not None or not (self._streams or policy.keepalive_permit_without_calls):
             return
-        if policy.max_pings_without_data and self._pings_without_data >= policy.max_pings_without_data:
-            return
-        self._pings_without_data += 1
         self._keepalive_ping = next(self._ping_ids).to_bytes(8, "big")
         self._write(frame(FrameType.PING, 0, 0, self._keepalive_ping))
         self._arm("keepalive-timeout", policy.keepalive_timeout_ms, self._unanswered)
@@ -502,8 +578,15 @@ class Connection(asyncio.Protocol):
             transport.write(b"".join(out))
         if hard:
             transport.abort()
-        elif not transport.is_closing():
-            transport.close()
+        elif self._lingering is None and not transport.is_closing():
+            if transport.can_write_eof():
+                # FIN after what is written, then wait for the peer's own close while reading what it still sends:
+                # closing with unread bytes in the socket would send an RST, and the peer would lose the end of
+                # the answers still on their way to it
+                transport.write_eof()
+                self._lingering = self._loop.call_later(LINGER_SECONDS, transport.abort)
+            else:
+                transport.close()  # TLS: close_notify, then the close
 
 
 def _unpadded(payload: bytes) -> bytes:

@@ -20,6 +20,7 @@ Fields = list[tuple[bytes, bytes]]
 # reads hpack's `header_table`, which is not public: the versions below were tested, any other decodes every block.
 TESTED_HPACK = ("4.0.0", "4.1.0", "4.2.0")
 CACHED_BLOCKS = 256
+CACHED_BLOCK_SIZE = 2048  # larger blocks (big metadata) are decoded each time: the cache stays small
 log = logging.getLogger("naiad.grpc")
 _warned = False
 
@@ -46,7 +47,7 @@ class HeaderDecoder:
         if cache is not None:
             if (table.maxsize, tuple(table.dynamic_entries)) != before:
                 cache.clear()  # the table changed: what was cached may now decode otherwise
-            elif len(cache) < CACHED_BLOCKS:
+            elif len(cache) < CACHED_BLOCKS and len(block) <= CACHED_BLOCK_SIZE:
                 cache[block] = fields
         return fields
 

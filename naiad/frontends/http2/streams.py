@@ -30,6 +30,8 @@ class Stream:
         "_trailers",
         "_waiters",
         "connection",
+        "consumed",
+        "credit_on_receipt",
         "handler",
         "id",
         "local_closed",
@@ -44,15 +46,16 @@ class Stream:
         self.handler: StreamHandler | None = None
         self.window = window  # what we may still send
         self.received = 0  # bytes taken since our last WINDOW_UPDATE for it
+        # A stream's window is credited back as its DATA arrives (a unary call: its one message is bounded by the
+        # size limit), or only as the application reports it consumed (a stream of messages: what it has not read
+        # yet then bounds what the peer may send).
+        self.credit_on_receipt = True
+        self.consumed = 0  # bytes the application consumed since our last WINDOW_UPDATE
         self.remote_closed = False
         self.local_closed = False
         self._pending: deque[tuple[memoryview, bool]] = deque()
         self._trailers: bytes | None = None
         self._waiters: list[asyncio.Future[None]] = []
-
-    @property
-    def closed(self) -> bool:
-        return self.local_closed
 
     @property
     def buffered(self) -> int:
@@ -88,6 +91,16 @@ class Stream:
         self._trailers = None
         self.connection._write(rst_stream(self.id, code))
         self._close_local(reset=True)
+
+    def consume(self, size: int) -> None:
+        """The application is done with `size` bytes of this stream's DATA (when not credited on receipt)."""
+        self.consumed += size
+        self.connection._credit(self)
+
+    def drop_unsent(self) -> None:
+        """Forget the DATA still waiting for a window (the call ended without it: its deadline passed)."""
+        self._pending.clear()
+        self.connection._blocked.pop(self.id, None)
 
     async def drained(self) -> None:
         """Wait until every DATA written is sent (or the stream ended)."""

@@ -39,7 +39,7 @@ from http_json import (
     write_results,
 )
 
-ALL_SERVERS = ("triton", "naiad", "bare", "bare-uvloop", "floor", "h2-bare", "cygrpc-bare")
+ALL_SERVERS = ("triton", "naiad", "naiad-threads", "bare", "bare-uvloop", "floor", "h2-bare", "cygrpc-bare")
 DEFAULT_SERVERS = ("triton", "naiad", "bare")
 ALL_PROTOCOLS = ("grpc", "http")
 # `bare` is ../shared/peers/grpc_bare.py on the peers' interpreter (plain asyncio): the grpcio ceiling for one Python
@@ -49,12 +49,14 @@ ALL_PROTOCOLS = ("grpc", "http")
 PROTOCOLS_OF = {
     "triton": ALL_PROTOCOLS,
     "naiad": ALL_PROTOCOLS,
+    "naiad-threads": ALL_PROTOCOLS,
     "bare": ("grpc",),
     "bare-uvloop": ("grpc",),
     "floor": ("grpc",),
     "h2-bare": ("grpc",),
     "cygrpc-bare": ("grpc",),
 }
+THREADS_PARAMETER = 'parameters { key: "NAIAD_INSTANCE_PROCESS" value: { string_value: "false" } }\n'
 FLOOR = Path(__file__).resolve().parent / "grpc_floor.py"
 # The two other stacks measured against the bare grpc.aio servicer (issue 13), each doing only add_sub's arithmetic:
 # `h2-bare` on an HTTP/2 layer of its own (bench/grpc_h2_bare.py), `cygrpc-bare` on grpcio's core bindings with a
@@ -63,13 +65,18 @@ PROTOTYPES = {
     "h2-bare": Path(__file__).resolve().parent / "grpc_h2_bare.py",
     "cygrpc-bare": Path(__file__).resolve().parent / "grpc_cygrpc_bare.py",
 }
-# Targets from the issue: (protocol, reference server, concurrency, naiad/reference at least).
+# Targets from issue 13: (protocol, reference server, concurrency, naiad/reference infer/s at least), and server CPU
+# per inference: (protocol, concurrency, naiad/Triton at most).
 TARGETS = (
-    ("grpc", "bare", 1, 0.9),
-    ("grpc", "bare", 16, 0.9),
-    ("grpc", "triton", 1, 1.3),
-    ("http", "triton", 1, 1.5),
-    ("http", "triton", 16, 1.5),
+    ("grpc", "triton", 1, 1.0),
+    ("grpc", "triton", 16, 1.2),
+    ("http", "triton", 16, 1.6),
+)
+CPU_TARGETS = (
+    ("grpc", 1, 0.6),
+    ("grpc", 16, 0.6),
+    ("http", 1, 0.5),
+    ("http", 16, 0.5),
 )
 
 # One gRPC inference with tritonclient, checked with numpy; run by the interpreter that has them (naiad's .venv).
@@ -134,6 +141,7 @@ class PAServer(Server):
 
 
 def start_server(name: str, repo: Path, peers: Peers, args: argparse.Namespace, logs: Path) -> PAServer:
+    label = name
     if name == "bare":
         g = free_port()
         argv = [str(peers.tri_python), str(peers.src / "grpc_bare.py"), str(g)]
@@ -146,13 +154,17 @@ def start_server(name: str, repo: Path, peers: Peers, args: argparse.Namespace, 
         g = free_port()
         argv = [args.naiad_python, str(PROTOTYPES[name]), str(g)]
         return PAServer(name, argv, 0, logs / f"{name}.log", cwd=REPO_ROOT, grpc_port=g, protocols=("grpc",))
+    if name == "naiad-threads":  # the same model as a thread instance in the server's process
+        repo = repo.parent / "models-threads"
+        name = "naiad"
     # naiad binds gRPC and metrics to 0.0.0.0 by default: keep them on loopback like the others (still overridable).
     local = ["--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1"]
     server, g = make_server(
         name, repo, peers, argparse.Namespace(**{**vars(args), "naiad_arg": local + args.naiad_arg}), logs
     )
     base = {f.name: getattr(server, f.name) for f in fields(Server)}
-    return PAServer(**base, grpc_port=g, protocols=PROTOCOLS_OF[name])
+    base["name"] = label
+    return PAServer(**base, grpc_port=g, protocols=PROTOCOLS_OF[label])
 
 
 def check_grpc(server: PAServer, args: argparse.Namespace) -> dict[str, object]:
@@ -264,6 +276,10 @@ def bench(args: argparse.Namespace) -> int:
     try:
         repo = work / "models"
         shutil.copytree(MODEL_DIR, repo / MODEL, ignore=shutil.ignore_patterns("__pycache__"))
+        threads = work / "models-threads" / MODEL
+        shutil.copytree(MODEL_DIR, threads, ignore=shutil.ignore_patterns("__pycache__"))
+        with open(threads / "config.pbtxt", "a") as config:
+            config.write(THREADS_PARAMETER)
         logs = work / "logs"
         logs.mkdir()
         n = len(args.server_list)
@@ -378,7 +394,14 @@ def report(
     median = median_table(args, runs, "infer_per_s")
     lat = median_table(args, runs, "latency_avg_us")
     cpu = median_table(args, runs, "cpu_us_per_inference")
-    pairs = [("naiad", "triton"), ("naiad", "bare"), ("floor", "bare"), ("floor", "bare-uvloop"), ("naiad", "floor")]
+    pairs = [
+        ("naiad", "triton"),
+        ("naiad-threads", "triton"),
+        ("naiad", "bare"),
+        ("floor", "bare"),
+        ("floor", "bare-uvloop"),
+        ("naiad", "floor"),
+    ]
     pairs += [(p, ref) for p in PROTOTYPES for ref in ("triton", "bare")]
     ratios = {
         f"{a}/{b}": {c: ratio(median[a][c], median[b][c]) for c in cols}
@@ -423,6 +446,20 @@ def report(
         )
         verdict = "met" if ok else "MISSED"
         print(f"target {protocol} naiad/{ref} >= {target:.1f}x at c={conc}: {verdict} ({fmt(got, '.2f')}x)")
+    for protocol, conc, most in CPU_TARGETS:
+        col = f"{protocol} c={conc}"
+        if "naiad" not in cpu or "triton" not in cpu or col not in cols:
+            continue
+        got = ratio(cpu["naiad"][col], cpu["triton"][col])
+        ok = got is not None and got <= most
+        verdicts.append(
+            {"protocol": protocol, "cpu": True, "concurrency": conc, "target": most, "ratio": got, "met": ok}
+        )
+        verdict = "met" if ok else "MISSED"
+        print(
+            f"target {protocol} server CPU/inference naiad/triton <= {most:.1f}x at c={conc}: {verdict} "
+            f"({fmt(got, '.2f')}x)"
+        )
 
     doc: dict[str, object] = {
         "git": git,

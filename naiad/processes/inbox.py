@@ -24,7 +24,10 @@ class Inbox:
         self._sock = sock
         self._take = take
         self._frames = FrameBuffer(plain=False)
-        self._condition = threading.Condition()
+        lock = threading.Lock()
+        self._condition = threading.Condition(lock)  # threads waiting for their answer, or for their turn to read
+        # the async reader waits on its own, so that the wake-ups of every job do not reach it
+        self._async_wanted = threading.Condition(lock)
         self._reading = False
         self._async_due = 0
         threading.Thread(target=self._read_for_async, name="naiad-stub-async-reader", daemon=True).start()
@@ -51,6 +54,8 @@ class Inbox:
         """An answer for a coroutine is due (+1), or came (-1): someone must read while any is due."""
         with self._condition:
             self._async_due += delta
+            if self._async_due:
+                self._async_wanted.notify()
             self._condition.notify_all()
 
     def _receive(self) -> None:
@@ -74,11 +79,10 @@ class Inbox:
                     server_gone()
 
     def _read_for_async(self) -> None:
-        condition = self._condition
         while True:
-            with condition:
+            with self._async_wanted:
                 while not self._async_due:
-                    condition.wait()
+                    self._async_wanted.wait()
             self.wait_for(lambda: not self._async_due)
 
 

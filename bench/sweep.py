@@ -1,0 +1,214 @@
+"""A sweep for machines with many cores: perf_analyzer over HTTP and gRPC at high concurrency against naiad (each
+variant its flags name) and Triton, the client and the servers pinned to separate cores.
+
+Each measurement prints one fixed line, for scripts to grep:
+
+    SWEEP server=<name> protocol=<http|grpc> concurrency=<n> infer_per_s=<x> cpu_us_per_inference=<y> p50_us=<z>
+
+then a table per protocol of the medians, and ratios to Triton. `--naiad-variant NAME=FLAGS` adds a naiad run with
+those flags (repeat it). Front-end process counts, when naiad has them, are variants like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from http_json import (
+    MODEL,
+    MODEL_DIR,
+    BenchError,
+    Peers,
+    add_server_arguments,
+    fmt,
+    perf_analyzer_argv,
+    perf_analyzer_attempts,
+    ratio,
+    run_guarded,
+    server_cpu_seconds,
+    write_results,
+)
+from perf_analyzer import THREADS_PARAMETER, PAServer, check_grpc, git_state, latencies, start_server
+
+PROTOCOLS = ("http", "grpc")
+
+
+def cpu_split(count: int, client: str | None, server: str | None) -> tuple[str, str]:
+    """taskset CPU lists: a quarter of the cores (one at least) for the client, the rest for the servers."""
+    if client and server:
+        return client, server
+    if count < 2:
+        raise BenchError("the sweep pins the client and the servers to separate cores: it needs 2 cores at least")
+    k = max(1, count // 4)
+    return client or f"0-{k - 1}", server or f"{k}-{count - 1}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_server_arguments(p, "interpreter that runs `-m naiad serve` and the gRPC answer check")
+    p.add_argument("--concurrency", default="16,64,256", help="perf_analyzer concurrencies, comma list")
+    p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma list of http,grpc")
+    p.add_argument(
+        "--naiad-variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help='a naiad run with these flags, e.g. "fe4=--some-flag=4" (repeat); "default" (no flags) and "threads" '
+        "(the model as a thread instance) always run",
+    )
+    p.add_argument("--no-triton", action="store_true", help="leave Triton out (ratios need it)")
+    p.add_argument("--client-cpus", help="taskset list for perf_analyzer (default: the first quarter of the cores)")
+    p.add_argument("--server-cpus", help="taskset list for the servers (default: the other cores)")
+    p.add_argument("--measurement-ms", type=int, default=5000, help="perf_analyzer -p")
+    p.add_argument("--pa-timeout", type=int, default=240, help="seconds before a perf_analyzer run is killed")
+    p.add_argument("--pa-attempts", type=int, default=3, help="tries when perf_analyzer finds no stable figure")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"), help="directory of the JSON results")
+    args = p.parse_args(argv)
+    args.conc_list = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    args.protocol_list = [x for x in args.protocols.split(",") if x]
+    if not args.conc_list or min(args.conc_list) < 1 or any(x not in PROTOCOLS for x in args.protocol_list):
+        p.error("--concurrency: integers >= 1; --protocols: http and/or grpc")
+    variants = {"default": [], "threads": []}
+    for item in args.naiad_variant:
+        name, _, flags = item.partition("=")
+        if not name or name in variants or name == "triton":
+            p.error(f"--naiad-variant {item!r}: NAME=FLAGS with a new name")
+        variants[name] = flags.split()
+    args.variants = variants
+    args.servers = ([] if args.no_triton else ["triton"]) + [f"naiad-{name}" for name in variants]
+    return args
+
+
+def start(name: str, repo: Path, threads_repo: Path, peers: Peers, args: argparse.Namespace, logs: Path) -> PAServer:
+    if name == "triton":
+        server = start_server("triton", repo, peers, args, logs)
+    else:
+        variant = name.removeprefix("naiad-")
+        flags = args.variants[variant]
+        run_args = argparse.Namespace(**{**vars(args), "naiad_arg": args.naiad_arg + flags})
+        server = start_server("naiad", threads_repo if variant == "threads" else repo, peers, run_args, logs)
+        server.name = name
+    server.argv = ["taskset", "-c", args.server_cpus, *server.argv]
+    return server
+
+
+def sweep(args: argparse.Namespace) -> int:
+    peers = Peers(Path(args.peers_dir), Path(args.peers_src))
+    peers.check(args.servers, True, need_wrk=False)
+    if shutil.which("taskset") is None:
+        raise BenchError("taskset (util-linux) is needed to pin the client and the servers")
+    args.client_cpus, args.server_cpus = cpu_split(os.cpu_count() or 1, args.client_cpus, args.server_cpus)
+    print(f"client on CPUs {args.client_cpus}, servers on CPUs {args.server_cpus}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="naiad-sweep-"))
+    started = dt.datetime.now(dt.timezone.utc)
+    runs: list[dict[str, object]] = []
+    current: PAServer | None = None
+    try:
+        repo, threads_repo, logs = work / "models", work / "models-threads", work / "logs"
+        logs.mkdir()
+        for where in (repo, threads_repo):
+            shutil.copytree(MODEL_DIR, where / MODEL, ignore=shutil.ignore_patterns("__pycache__"))
+        with open(threads_repo / MODEL / "config.pbtxt", "a") as config:
+            config.write(THREADS_PARAMETER)
+        for rnd in range(args.rounds):
+            order = args.servers[rnd % len(args.servers) :] + args.servers[: rnd % len(args.servers)]
+            for name in order:
+                current = start(name, repo, threads_repo, peers, args, logs)
+                print(f"[round {rnd + 1}/{args.rounds}] {name}: starting", flush=True)
+                current.start()
+                current.wait_ready(args.ready_timeout)
+                check_grpc(current, args)
+                for protocol in args.protocol_list:
+                    for conc in args.conc_list:
+                        runs.append(measure(current, protocol, conc, rnd, peers, args))
+                current.stop()
+                current = None
+    finally:
+        if current is not None:
+            current.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return report(args, started, runs)
+
+
+def measure(
+    server: PAServer, protocol: str, conc: int, rnd: int, peers: Peers, args: argparse.Namespace
+) -> dict[str, object]:
+    assert server.proc is not None
+    argv = ["taskset", "-c", args.client_cpus]
+    argv += perf_analyzer_argv(peers, server.port(protocol), protocol, conc, args.measurement_ms)
+    cpu_before, wall_before = server_cpu_seconds(server.proc.pid), time.monotonic()
+    result, text = perf_analyzer_attempts(argv, args.pa_timeout, args.pa_attempts)
+    cpu_share = (server_cpu_seconds(server.proc.pid) - cpu_before) / (time.monotonic() - wall_before)
+    rate = result["infer_per_s"]
+    cpu = cpu_share * 1e6 / rate if isinstance(rate, float) and rate > 0 else None
+    p50 = latencies(text).get("latency_p50_us")
+    run = {"round": rnd, "server": server.name, "protocol": protocol, "concurrency": conc, **result}
+    run.update({"cpu_us_per_inference": cpu, "p50_us": p50})
+    print(
+        f"SWEEP server={server.name} protocol={protocol} concurrency={conc} infer_per_s={fmt(rate, '.0f')} "
+        f"cpu_us_per_inference={fmt(cpu, '.0f')} p50_us={fmt(p50, '.0f')}",
+        flush=True,
+    )
+    return run
+
+
+def report(args: argparse.Namespace, started: dt.datetime, runs: list[dict[str, object]]) -> int:
+    def median(server: str, protocol: str, conc: int, key: str) -> float | None:
+        values = [
+            float(r[key])  # type: ignore[arg-type]
+            for r in runs
+            if r["server"] == server and r["protocol"] == protocol and r["concurrency"] == conc and r.get(key)
+        ]
+        return statistics.median(values) if values else None
+
+    table: dict[str, object] = {}
+    for protocol in args.protocol_list:
+        print(f"\n{protocol}: infer/s (server CPU us per inference), median of {args.rounds} round(s)")
+        print("server".ljust(18) + "".join(f"{'c=' + str(c):>22}" for c in args.conc_list))
+        for server in args.servers:
+            cells = []
+            for conc in args.conc_list:
+                rate, cpu = (
+                    median(server, protocol, conc, "infer_per_s"),
+                    median(server, protocol, conc, "cpu_us_per_inference"),
+                )
+                table[f"{server} {protocol} c={conc}"] = {"infer_per_s": rate, "cpu_us_per_inference": cpu}
+                cells.append(f"{fmt(rate)} ({fmt(cpu)})")
+            print(server.ljust(18) + "".join(f"{cell:>22}" for cell in cells))
+        if "triton" in args.servers:
+            for server in args.servers[1:]:
+                cells = []
+                for conc in args.conc_list:
+                    speed = ratio(
+                        median(server, protocol, conc, "infer_per_s"), median("triton", protocol, conc, "infer_per_s")
+                    )
+                    cost = ratio(
+                        median(server, protocol, conc, "cpu_us_per_inference"),
+                        median("triton", protocol, conc, "cpu_us_per_inference"),
+                    )
+                    cells.append(f"{fmt(speed, '.2f')}x ({fmt(cost, '.2f')}x)")
+                print(f"{server}/triton".ljust(18) + "".join(f"{cell:>22}" for cell in cells))
+    doc = {
+        "git": git_state(),
+        "cpus": {"client": args.client_cpus, "servers": args.server_cpus},
+        "variants": args.variants,
+        "runs": runs,
+        "medians": table,
+    }
+    write_results(Path(args.out), "sweep", started, doc)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_guarded(sweep, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

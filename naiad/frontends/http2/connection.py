@@ -97,6 +97,7 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self._paused = False
         self._blocked: dict[int, Stream] = {}  # streams with DATA waiting for a window or the socket
+        self._credit_due: list[Stream] = []  # streams whose window is to be credited at the end of this read
         # flow control
         self._send_window = DEFAULT_WINDOW
         self._peer_stream_window = DEFAULT_WINDOW
@@ -276,6 +277,8 @@ class Connection(asyncio.Protocol):
         if stream is None or stream.remote_closed:
             return  # a stream we reset or finished: its last frames may still be on their way
         stream.received += len(payload)
+        if stream.credit_on_receipt and stream.received >= STREAM_WINDOW // 2:
+            self._credit_due.append(stream)
         if not stream.credit_on_receipt and stream.received - stream.consumed > STREAM_WINDOW:
             raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, f"data beyond stream {stream_id}'s window")
         if flags & PADDED:
@@ -493,8 +496,9 @@ class Connection(asyncio.Protocol):
         if self._received >= CONNECTION_WINDOW // 2:
             self._write(window_update(0, self._received))
             self._received = 0
-        for stream in self._streams.values():
-            if stream.credit_on_receipt and stream.received >= STREAM_WINDOW // 2 and not stream.remote_closed:
+        due, self._credit_due = self._credit_due, []
+        for stream in due:
+            if stream.received and not stream.remote_closed:
                 self._write(window_update(stream.id, stream.received))
                 stream.received = 0
 

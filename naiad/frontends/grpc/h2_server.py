@@ -17,7 +17,8 @@ from naiad.frontends.grpc.dispatch import GrpcApplication
 from naiad.frontends.grpc.health import HealthService, encode_list_response
 from naiad.frontends.grpc.service import InferenceService
 from naiad.frontends.grpc.tls import GrpcSetupError, ssl_context
-from naiad.frontends.http2.connection import Connection, ConnectionPolicy
+from naiad.frontends.http2.connection import Connection
+from naiad.frontends.http2.limits import ConnectionPolicy
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 HEALTH_SERVICE = "grpc.health.v1.Health"

@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from naiad.frontends.http2.frames import (
@@ -32,39 +31,27 @@ from naiad.frontends.http2.frames import (
     window_update,
 )
 from naiad.frontends.http2.headers import Fields, HeaderDecoder
+from naiad.frontends.http2.limits import (
+    CONNECTION_WINDOW,
+    LINGER_SECONDS,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_BLOCK,
+    MAX_QUEUED_CONTROL,
+    MAX_STREAMS,
+    RESETS_PER_SECOND,
+    STREAM_WINDOW,
+    ConnectionPolicy,
+)
 from naiad.frontends.http2.streams import Stream, StreamHandler
 
 log = logging.getLogger("naiad.grpc")
 
-# What we let a peer send before it must wait for a WINDOW_UPDATE: per stream, and for the whole connection.
-STREAM_WINDOW = 4 * 1024 * 1024
-CONNECTION_WINDOW = 16 * 1024 * 1024
-MAX_FRAME_SIZE = 4 * 1024 * 1024  # the largest frame we take (the peer's own limit bounds what we send)
-MAX_HEADER_BLOCK = 1024 * 1024  # a header block beyond this ends the connection (metadata limits are the app's)
-MAX_STREAMS = 65_536  # open streams per connection; more are refused
-MAX_QUEUED_CONTROL = 1_000  # replies to SETTINGS and PING queued while the peer does not read (CVE-2019-9515)
-LINGER_SECONDS = 5.0  # how long a closed connection waits for the peer's own close
-RESETS_PER_SECOND = 1_000  # streams the peer resets, on average, before it is told to calm down (CVE-2023-44487)
 _DATA = FrameType.DATA
 _HEADERS = FrameType.HEADERS
 
 
 class Application(Protocol):
     def stream_opened(self, stream: Stream, fields: Fields, end_stream: bool) -> StreamHandler: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionPolicy:
-    """Keep-alive, ping and connection-age limits, in the terms of grpc's channel arguments."""
-
-    keepalive_time_ms: int = 7_200_000
-    keepalive_timeout_ms: int = 20_000
-    keepalive_permit_without_calls: bool = False
-    min_recv_ping_interval_without_data_ms: int = 300_000
-    max_ping_strikes: int = 2
-    max_connection_age_ms: int = 0
-    max_connection_age_grace_ms: int = 0
-    max_header_list_size: int = 65_536
 
 
 class Connection(asyncio.Protocol):
@@ -164,7 +151,7 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._queued_control = 0
         for stream in list(self._blocked.values()):
-            self._pump(stream)
+            self.pump(stream)
         self._flush()
 
     def eof_received(self) -> bool:
@@ -362,7 +349,7 @@ class Connection(asyncio.Protocol):
                 self._peer_max_frame = value
         self._control(frame(FrameType.SETTINGS, ACK, 0))
         for stream in list(self._blocked.values()):
-            self._pump(stream)
+            self.pump(stream)
 
     def _on_window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
@@ -375,14 +362,14 @@ class Connection(asyncio.Protocol):
             if self._send_window > MAX_WINDOW:
                 raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "the connection's window beyond 2^31-1")
             for blocked in list(self._blocked.values()):
-                self._pump(blocked)
+                self.pump(blocked)
             return
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream.window += increment
             if stream.window > MAX_WINDOW:
                 raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, f"stream {stream_id}'s window beyond 2^31-1")
-            self._pump(stream)
+            self.pump(stream)
 
     def _on_ping(self, flags: int, payload: bytes) -> None:
         if len(payload) != 8:
@@ -453,7 +440,7 @@ class Connection(asyncio.Protocol):
             out, self._out = self._out, []
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])
 
-    def _send_headers(self, stream: Stream, block: bytes, end_stream: bool) -> None:
+    def send_headers(self, stream: Stream, block: bytes, end_stream: bool) -> None:
         flags = END_HEADERS | (END_STREAM if end_stream else 0)
         limit = self._peer_max_frame
         if len(block) <= limit:
@@ -466,7 +453,7 @@ class Connection(asyncio.Protocol):
                 self._write(frame(FrameType.CONTINUATION, END_HEADERS if last else 0, stream.id, piece))
         self._sent_data()
 
-    def _pump(self, stream: Stream) -> None:
+    def pump(self, stream: Stream) -> None:
         """Send what the windows and the socket allow of the stream's queued DATA."""
         while stream._pending:
             room = min(stream.window, self._send_window, self._peer_max_frame)
@@ -502,7 +489,7 @@ class Connection(asyncio.Protocol):
                 self._write(window_update(stream.id, stream.received))
                 stream.received = 0
 
-    def _credit(self, stream: Stream) -> None:
+    def credit(self, stream: Stream) -> None:
         """Give back what the application consumed of a stream credited on consumption."""
         if stream.consumed >= STREAM_WINDOW // 2 and not stream.remote_closed:
             self._write(window_update(stream.id, stream.consumed))
@@ -511,7 +498,13 @@ class Connection(asyncio.Protocol):
 
     # Stream ends
 
-    def _stream_done(self, stream: Stream, reset: bool) -> None:
+    def reset(self, stream: Stream, code: ErrorCode) -> None:
+        self._write(rst_stream(stream.id, code))
+
+    def unblock(self, stream: Stream) -> None:
+        self._blocked.pop(stream.id, None)
+
+    def stream_done(self, stream: Stream, reset: bool) -> None:
         if not reset and not stream.remote_closed and stream.id in self._streams:
             # the answer is complete while the client still sends: as grpc servers do, tell it to stop
             self._write(rst_stream(stream.id, ErrorCode.NO_ERROR))

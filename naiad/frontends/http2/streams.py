@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-from naiad.frontends.http2.frames import ErrorCode, rst_stream
-
-if TYPE_CHECKING:
-    from naiad.frontends.http2.connection import Connection
+from naiad.frontends.http2.frames import ErrorCode
 
 
 class StreamHandler(Protocol):
@@ -20,6 +18,24 @@ class StreamHandler(Protocol):
 
     def stream_reset(self) -> None:
         """The peer reset the stream, or the connection ended, before the response was complete."""
+
+
+class StreamOwner(Protocol):
+    """What a stream needs of its connection (the connection is the one owner)."""
+
+    def send_headers(self, stream: Stream, block: bytes, end_stream: bool) -> None: ...
+
+    def pump(self, stream: Stream) -> None: ...
+
+    def reset(self, stream: Stream, code: ErrorCode) -> None: ...
+
+    def credit(self, stream: Stream) -> None: ...
+
+    def unblock(self, stream: Stream) -> None: ...
+
+    def stream_done(self, stream: Stream, reset: bool) -> None: ...
+
+    def defer(self, start: Callable[[], None]) -> None: ...
 
 
 class Stream:
@@ -40,7 +56,7 @@ class Stream:
         "window",
     )
 
-    def __init__(self, connection: Connection, stream_id: int, window: int) -> None:
+    def __init__(self, connection: StreamOwner, stream_id: int, window: int) -> None:
         self.connection = connection
         self.id = stream_id
         self.handler: StreamHandler | None = None
@@ -65,7 +81,7 @@ class Stream:
     def send_headers(self, block: bytes, end_stream: bool = False) -> None:
         if self.local_closed:
             return
-        self.connection._send_headers(self, block, end_stream)
+        self.connection.send_headers(self, block, end_stream)
         if end_stream:
             self._close_local()
 
@@ -73,7 +89,7 @@ class Stream:
         if self.local_closed:
             return
         self._pending.append((memoryview(data), end_stream))
-        self.connection._pump(self)
+        self.connection.pump(self)
 
     def send_trailers(self, block: bytes) -> None:
         """The trailing header block, which ends the stream once every DATA before it is sent."""
@@ -89,18 +105,18 @@ class Stream:
             return
         self._pending.clear()
         self._trailers = None
-        self.connection._write(rst_stream(self.id, code))
+        self.connection.reset(self, code)
         self._close_local(reset=True)
 
     def consume(self, size: int) -> None:
         """The application is done with `size` bytes of this stream's DATA (when not credited on receipt)."""
         self.consumed += size
-        self.connection._credit(self)
+        self.connection.credit(self)
 
     def drop_unsent(self) -> None:
         """Forget the DATA still waiting for a window (the call ended without it: its deadline passed)."""
         self._pending.clear()
-        self.connection._blocked.pop(self.id, None)
+        self.connection.unblock(self)
 
     async def drained(self) -> None:
         """Wait until every DATA written is sent (or the stream ended)."""
@@ -128,7 +144,7 @@ class Stream:
     def _close_local(self, reset: bool = False) -> None:
         self.local_closed = True
         self._wake()
-        self.connection._stream_done(self, reset)
+        self.connection.stream_done(self, reset)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []

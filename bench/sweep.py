@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--measurement-ms", type=int, default=5000, help="perf_analyzer -p")
     p.add_argument("--pa-timeout", type=int, default=240, help="seconds before a perf_analyzer run is killed")
     p.add_argument("--pa-attempts", type=int, default=3, help="tries when perf_analyzer finds no stable figure")
+    p.add_argument(
+        "--pa-arg",
+        action="append",
+        default=[],
+        help="extra perf_analyzer argument (repeat), e.g. --pa-arg=--stability-percentage=25 where a saturated "
+        "server never gives perf_analyzer three windows within 10%%",
+    )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"), help="directory of the JSON results")
     args = p.parse_args(argv)
     args.conc_list = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -142,7 +149,7 @@ def measure(
 ) -> dict[str, object]:
     assert server.proc is not None
     argv = ["taskset", "-c", args.client_cpus]
-    argv += perf_analyzer_argv(peers, server.port(protocol), protocol, conc, args.measurement_ms)
+    argv += perf_analyzer_argv(peers, server.port(protocol), protocol, conc, args.measurement_ms) + args.pa_arg
     cpu_before, wall_before = server_cpu_seconds(server.proc.pid), time.monotonic()
     result, text = perf_analyzer_attempts(argv, args.pa_timeout, args.pa_attempts)
     cpu_share = (server_cpu_seconds(server.proc.pid) - cpu_before) / (time.monotonic() - wall_before)

@@ -419,3 +419,18 @@ def test_server_keepalive_pings_go_on_while_a_stream_is_idle(tmp_path: Path, nai
         pings += sum(isinstance(e, h2.events.PingReceived) for e in client.events(until=h2.events.PingReceived))
     client.close()
     assert pings >= 4
+
+
+def test_response_compression_picks_among_what_the_client_accepts(tmp_path: Path, naiad_stack: ServerFactory) -> None:
+    client = raw_naiad(tmp_path, naiad_stack, "--grpc-infer-response-compression-level=medium")
+    only_gzip = client.call(
+        "/inference.GRPCInferenceService/ServerLive", b"", extra=[(b"grpc-accept-encoding", b"gzip")]
+    )
+    assert outcome(client, only_gzip)[b"grpc-status"] == b"0"
+    answered = [
+        dict(event.headers)
+        for event in client.history
+        if isinstance(event, h2.events.ResponseReceived) and event.stream_id == only_gzip
+    ]
+    assert answered[0][b"grpc-encoding"] == b"gzip"  # medium of one algorithm: that one
+    client.close()

@@ -34,6 +34,7 @@ OK_TRAILERS = headers.encode([(b"grpc-status", b"0")])
 OK_ONLY = headers.encode([(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"0")])
 TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}  # zlib's framing of each grpc-encoding
+COMPRESSION_LEVEL = -1  # zlib's default, as grpc compresses
 COMPRESS: dict[bytes, Callable[[bytes, int], bytes]] = {
     b"gzip": lambda data, level: gzip.compress(data, level),
     b"deflate": lambda data, level: zlib.compress(data, level),
@@ -75,17 +76,14 @@ class CallContext:
         raise CallError(code.value[0], details)
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        return self._call.metadata
+        """Decoded when asked for: no handler of naiad's reads it, so no call pays for it."""
+        return tuple(
+            (name.decode("latin-1"), value if name.endswith(b"-bin") else value.decode("latin-1"))
+            for name, value in self._call.metadata
+        )
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         self._call.done_callbacks.append(callback)
-
-    def time_remaining(self) -> float | None:
-        deadline = self._call.deadline
-        return None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
-
-    def cancelled(self) -> bool:
-        return self._call.over and self._call.cancelled
 
 
 class Call:
@@ -93,7 +91,6 @@ class Call:
 
     __slots__ = (
         "_buffer",
-        "_compression",
         "_encoding",
         "_messages",
         "_queue",
@@ -101,8 +98,6 @@ class Call:
         "_started",
         "_task",
         "_timer",
-        "cancelled",
-        "deadline",
         "done_callbacks",
         "metadata",
         "method",
@@ -114,10 +109,9 @@ class Call:
         self,
         stream: Stream,
         method: Method,
-        metadata: tuple[tuple[str, str | bytes], ...],
+        metadata: list[tuple[bytes, bytes]],
         encoding: bytes,
         response_encoding: bytes,
-        compression: int,
         timeout: float | None,
     ) -> None:
         self.stream = stream
@@ -125,7 +119,6 @@ class Call:
         self.metadata = metadata
         self._encoding = encoding
         self._response_encoding = response_encoding
-        self._compression = compression
         self._buffer = bytearray()
         self._messages: list[Any] = []
         self._queue: asyncio.Queue[Any] | None = None
@@ -133,13 +126,9 @@ class Call:
         self._task: asyncio.Task[None] | None = None
         self.done_callbacks: list[Callable[[Any], None]] = []
         self.over = False
-        self.cancelled = False
-        self.deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         if timeout is not None:
-            loop = asyncio.get_running_loop()
-            self.deadline = loop.time() + timeout
-            self._timer = loop.call_later(timeout, self._deadline_passed)
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._deadline_passed)
         if method.kind == "stream_stream":
             self._queue = asyncio.Queue()
             stream.credit_on_receipt = False  # what the handler has not read yet bounds what the peer may send
@@ -174,7 +163,6 @@ class Call:
 
     def stream_reset(self) -> None:
         if not self.over:
-            self.cancelled = True
             self._end()
 
     def _start(self) -> None:
@@ -303,7 +291,7 @@ class Call:
                 stream.send_headers(RESPONSE_HEADERS)
         flag = b"\x00"
         if self._response_encoding:
-            packed = COMPRESS[self._response_encoding](message, self._compression)
+            packed = COMPRESS[self._response_encoding](message, COMPRESSION_LEVEL)
             if len(packed) < len(message):
                 message, flag = packed, b"\x01"
         stream.send_data(flag + len(message).to_bytes(4, "big") + message)

@@ -3,13 +3,14 @@ compression), a call refused by `--grpc-restricted-protocol`, or not a gRPC requ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from naiad.config.restrictions import GRPC_HEADER_PREFIX, Restrictions
 from naiad.frontends.grpc.calls import (
     RESOURCE_EXHAUSTED,
     UNAVAILABLE,
     UNIMPLEMENTED,
+    WBITS,
     Call,
     Method,
     Refused,
@@ -24,7 +25,7 @@ from naiad.frontends.http2.streams import Stream, StreamHandler
 # grpc core's response compression for each level, among the algorithms the client accepts: from least to most
 # compression, "low" takes the first, "medium" the middle one, "high" the last.
 RANKED_ALGORITHMS = (b"gzip", b"deflate")
-LEVELS = {"none": None, "low": 0, "medium": 1, "high": -1}
+PICK: dict[str, Callable[[int], int]] = {"low": lambda n: 0, "medium": lambda n: n // 2, "high": lambda n: n - 1}
 MAX_METADATA_SIZE = 64 * 1024  # a request's headers, counted as HTTP/2 does (grpc's own hard limit is 16 KiB)
 # Headers that are HTTP/2 or gRPC's own, not the call's metadata.
 _RESERVED = frozenset(
@@ -37,7 +38,7 @@ class GrpcApplication:
 
     def __init__(self, methods: Mapping[str, Method], compression_level: str, restricted: Restrictions) -> None:
         self._methods = {path.encode(): method for path, method in methods.items()}
-        self._level = LEVELS[compression_level]
+        self._level = compression_level
         self._encodings: dict[bytes, bytes] = {}  # grpc-accept-encoding -> the response's grpc-encoding
         self._restricted = {
             category: ((GRPC_HEADER_PREFIX + r.key).encode(), r.value.encode()) for category, r in restricted.items()
@@ -80,19 +81,15 @@ class GrpcApplication:
             refused = self._check_restrictions(stream, path, metadata)
             if refused is not None:
                 return refused
-        if encoding and encoding != b"identity" and encoding not in (b"gzip", b"deflate"):
+        if encoding not in (b"", b"identity") and encoding not in WBITS:
             algorithm = encoding.decode("latin-1")
             return refuse(stream, UNIMPLEMENTED, f"Compression algorithm '{algorithm}' is not supported")
         call = Call(
             stream,
             method,
-            tuple(
-                (name.decode("latin-1"), value if name.endswith(b"-bin") else value.decode("latin-1"))
-                for name, value in metadata
-            ),
+            metadata,
             encoding,
             self._response_encoding(accept),
-            -1,
             parse_timeout(timeout) if timeout else None,
         )
         if end_stream:  # a request of headers alone: no message
@@ -100,15 +97,13 @@ class GrpcApplication:
         return call
 
     def _response_encoding(self, accept: bytes) -> bytes:
-        if self._level is None:
+        if self._level == "none":
             return b""
         found = self._encodings.get(accept)
         if found is None:
             offered = {item.strip() for item in accept.split(b",")}
             usable = [algorithm for algorithm in RANKED_ALGORITHMS if algorithm in offered]
-            found = usable[self._level if self._level >= 0 else len(usable) - 1] if usable else b""
-            if self._level == 1 and usable:
-                found = usable[len(usable) // 2]
+            found = usable[PICK[self._level](len(usable))] if usable else b""
             if len(self._encodings) < 64:
                 self._encodings[accept] = found
         return found

@@ -200,6 +200,44 @@ def server_cpu_seconds(server: int) -> float:
     return sum(ticks for pid, (_, _, ticks) in table.items() if belongs(pid)) / tick
 
 
+THREADS_PARAMETER = 'parameters { key: "NAIAD_INSTANCE_PROCESS" value: { string_value: "false" } }\n'
+
+
+def add_sub_repos(work: Path) -> dict[str, Path]:
+    """add_sub twice under `work`: "processes" as it is (a process instance), "threads" as a thread instance."""
+    repos = {"processes": work / "processes", "threads": work / "threads"}
+    for repo in repos.values():
+        shutil.copytree(MODEL_DIR, repo / MODEL, ignore=shutil.ignore_patterns("__pycache__"))
+    config = repos["threads"] / MODEL / "config.pbtxt"
+    config.write_text(config.read_text() + THREADS_PARAMETER)
+    return repos
+
+
+def perf_analyzer_with_cpu(
+    server_pid: int, argv: list[str], timeout: float, attempts: int
+) -> tuple[dict[str, object], str]:
+    """`perf_analyzer_attempts`, with the server's CPU (every process of it) per inference over the whole run, its
+    warm-up included, at the measured rate (None when there was no rate)."""
+    cpu_before, wall_before = server_cpu_seconds(server_pid), time.monotonic()
+    result, text = perf_analyzer_attempts(argv, timeout, attempts)
+    cpu_share = (server_cpu_seconds(server_pid) - cpu_before) / (time.monotonic() - wall_before)
+    rate = result["infer_per_s"]
+    result["cpu_us_per_inference"] = cpu_share * 1e6 / rate if isinstance(rate, float) and rate > 0 else None
+    return result, text
+
+
+def add_perf_analyzer_arguments(
+    p: argparse.ArgumentParser, measurement_ms: int, timeout: int, pa_arg_help: str
+) -> None:
+    """perf_analyzer's options, as the benchmarks that run it share them."""
+    p.add_argument(
+        "--measurement-ms", type=int, default=measurement_ms, help="perf_analyzer -p (measurement window, ms)"
+    )
+    p.add_argument("--pa-timeout", type=int, default=timeout, help="seconds before a perf_analyzer run is killed")
+    p.add_argument("--pa-attempts", type=int, default=3, help="tries when perf_analyzer finds no stable figure")
+    p.add_argument("--pa-arg", action="append", default=[], help=pa_arg_help)
+
+
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
     """One HTTP request; returns (status, body) for 2xx and error statuses alike."""
     req = urllib.request.Request(url, data=body, method=method)

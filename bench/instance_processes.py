@@ -16,11 +16,11 @@ from pathlib import Path
 from http_json import (
     BODY,
     MODEL,
-    MODEL_DIR,
     WRK_LUA,
     Peers,
     Server,
     add_server_arguments,
+    add_sub_repos,
     check_answer,
     fmt,
     make_server,
@@ -58,7 +58,6 @@ output [ {{ name: "TOTAL" data_type: TYPE_INT64 dims: [ 1 ] }} ]
 instance_group [ {{ count: {count} kind: KIND_CPU }} ]
 """
 SPIN_BODY = '{"inputs":[{"name":"N","shape":[1],"datatype":"INT64","data":[%d]}]}'
-THREADS_PARAMETER = 'parameters { key: "NAIAD_INSTANCE_PROCESS" value: { string_value: "false" } }\n'
 
 
 def timed(server: Server, url: str, lua: Path, connections: int, args: argparse.Namespace) -> dict[str, float]:
@@ -68,15 +67,6 @@ def timed(server: Server, url: str, lua: Path, connections: int, args: argparse.
     used = server_cpu_seconds(server.proc.pid) - before
     result["cpu_us_per_inference"] = used * 1e6 / max(result.get("requests", 0.0), 1.0)
     return result
-
-
-def add_sub_repos(work: Path) -> dict[str, Path]:
-    repos = {"processes": work / "processes", "threads": work / "threads"}
-    for repo in repos.values():
-        shutil.copytree(MODEL_DIR, repo / MODEL, ignore=shutil.ignore_patterns("__pycache__"))
-    config = repos["threads"] / MODEL / "config.pbtxt"
-    config.write_text(config.read_text() + THREADS_PARAMETER)
-    return repos
 
 
 def spin_repos(work: Path) -> dict[int, Path]:

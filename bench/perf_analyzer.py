@@ -13,7 +13,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -26,16 +25,17 @@ from http_json import (
     BenchError,
     Peers,
     Server,
+    add_perf_analyzer_arguments,
     add_server_arguments,
+    add_sub_repos,
     check_answer,
     fmt,
     free_port,
     make_server,
     perf_analyzer_argv,
-    perf_analyzer_attempts,
+    perf_analyzer_with_cpu,
     ratio,
     run_guarded,
-    server_cpu_seconds,
     write_results,
 )
 
@@ -56,7 +56,6 @@ PROTOCOLS_OF = {
     "h2-bare": ("grpc",),
     "cygrpc-bare": ("grpc",),
 }
-THREADS_PARAMETER = 'parameters { key: "NAIAD_INSTANCE_PROCESS" value: { string_value: "false" } }\n'
 FLOOR = Path(__file__).resolve().parent / "grpc_floor.py"
 # The two other stacks measured against the bare grpc.aio servicer (issue 13), each doing only add_sub's arithmetic:
 # `h2-bare` on an HTTP/2 layer of its own (bench/grpc_h2_bare.py), `cygrpc-bare` on grpcio's core bindings with a
@@ -140,8 +139,11 @@ class PAServer(Server):
         return None
 
 
-def start_server(name: str, repo: Path, peers: Peers, args: argparse.Namespace, logs: Path) -> PAServer:
+def start_server(name: str, repos: dict[str, Path], peers: Peers, args: argparse.Namespace, logs: Path) -> PAServer:
+    """`repos` as `add_sub_repos` makes them: "naiad-threads" serves the thread-instance one, every other server the
+    other."""
     label = name
+    repo = repos["threads" if name == "naiad-threads" else "processes"]
     if name == "bare":
         g = free_port()
         argv = [str(peers.tri_python), str(peers.src / "grpc_bare.py"), str(g)]
@@ -155,7 +157,6 @@ def start_server(name: str, repo: Path, peers: Peers, args: argparse.Namespace, 
         argv = [args.naiad_python, str(PROTOTYPES[name]), str(g)]
         return PAServer(name, argv, 0, logs / f"{name}.log", cwd=REPO_ROOT, grpc_port=g, protocols=("grpc",))
     if name == "naiad-threads":  # the same model as a thread instance in the server's process
-        repo = repo.parent / "models-threads"
         name = "naiad"
     # naiad binds gRPC and metrics to 0.0.0.0 by default: keep them on loopback like the others (still overridable).
     local = ["--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1"]
@@ -227,14 +228,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--protocols", default=",".join(ALL_PROTOCOLS), help="comma list of grpc,http")
     p.add_argument("--concurrency", default="1,16", help="perf_analyzer concurrencies, comma list")
-    p.add_argument("--measurement-ms", type=int, default=3000, help="perf_analyzer -p (measurement window, ms)")
-    p.add_argument("--pa-timeout", type=int, default=180, help="seconds before a perf_analyzer run is killed")
-    p.add_argument("--pa-attempts", type=int, default=3, help="tries when perf_analyzer finds no stable figure")
-    p.add_argument(
-        "--pa-arg",
-        action="append",
-        default=[],
-        help="extra perf_analyzer argument (repeat), e.g. --pa-arg=--streaming (gRPC only; the bare servicer has "
+    add_perf_analyzer_arguments(
+        p,
+        3000,
+        180,
+        "extra perf_analyzer argument (repeat), e.g. --pa-arg=--streaming (gRPC only; the bare servicer has "
         "no stream, so leave it out of --servers)",
     )
     p.add_argument("--check-targets", action="store_true", help="exit 1 if naiad misses a target")
@@ -274,12 +272,7 @@ def bench(args: argparse.Namespace) -> int:
     versions: dict[str, object] = {}
     current: PAServer | None = None
     try:
-        repo = work / "models"
-        shutil.copytree(MODEL_DIR, repo / MODEL, ignore=shutil.ignore_patterns("__pycache__"))
-        threads = work / "models-threads" / MODEL
-        shutil.copytree(MODEL_DIR, threads, ignore=shutil.ignore_patterns("__pycache__"))
-        with open(threads / "config.pbtxt", "a") as config:
-            config.write(THREADS_PARAMETER)
+        repos = add_sub_repos(work)
         logs = work / "logs"
         logs.mkdir()
         n = len(args.server_list)
@@ -289,7 +282,7 @@ def bench(args: argparse.Namespace) -> int:
                 protocols = [p for p in args.protocol_list if p in PROTOCOLS_OF[name]]
                 if not protocols:
                     continue
-                current = start_server(name, repo, peers, args, logs)
+                current = start_server(name, repos, peers, args, logs)
                 print(f"[round {rnd + 1}/{args.rounds}] {name}: starting", flush=True)
                 current.start()
                 current.wait_ready(args.ready_timeout)
@@ -337,12 +330,7 @@ def measure(
             pa_argv = perf_analyzer_argv(peers, server.port(protocol), protocol, conc, args.measurement_ms)
             pa_argv += args.pa_arg
             assert server.proc is not None
-            cpu_before, wall_before = server_cpu_seconds(server.proc.pid), time.monotonic()
-            result, text = perf_analyzer_attempts(pa_argv, args.pa_timeout, args.pa_attempts)
-            cpu_share = (server_cpu_seconds(server.proc.pid) - cpu_before) / (time.monotonic() - wall_before)
-            if isinstance(result["infer_per_s"], float) and result["infer_per_s"] > 0:
-                # The server's CPU over the whole perf_analyzer run (its warm-up included) at the measured rate.
-                result["cpu_us_per_inference"] = cpu_share * 1e6 / result["infer_per_s"]
+            result, text = perf_analyzer_with_cpu(server.proc.pid, pa_argv, args.pa_timeout, args.pa_attempts)
             if result["infer_per_s"] is None:
                 runs.append({**key, **result})
                 print(f"  {protocol:<4} c={conc:<3} FAILED (status {result['rc']}):", flush=True)

@@ -18,24 +18,22 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from http_json import (
-    MODEL,
-    MODEL_DIR,
     BenchError,
     Peers,
+    add_perf_analyzer_arguments,
     add_server_arguments,
+    add_sub_repos,
     fmt,
     perf_analyzer_argv,
-    perf_analyzer_attempts,
+    perf_analyzer_with_cpu,
     ratio,
     run_guarded,
-    server_cpu_seconds,
     write_results,
 )
-from perf_analyzer import THREADS_PARAMETER, PAServer, check_grpc, git_state, latencies, start_server
+from perf_analyzer import PAServer, check_grpc, git_state, latencies, start_server
 
 PROTOCOLS = ("http", "grpc")
 
@@ -66,14 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-triton", action="store_true", help="leave Triton out (ratios need it)")
     p.add_argument("--client-cpus", help="taskset list for perf_analyzer (default: the first quarter of the cores)")
     p.add_argument("--server-cpus", help="taskset list for the servers (default: the other cores)")
-    p.add_argument("--measurement-ms", type=int, default=5000, help="perf_analyzer -p")
-    p.add_argument("--pa-timeout", type=int, default=240, help="seconds before a perf_analyzer run is killed")
-    p.add_argument("--pa-attempts", type=int, default=3, help="tries when perf_analyzer finds no stable figure")
-    p.add_argument(
-        "--pa-arg",
-        action="append",
-        default=[],
-        help="extra perf_analyzer argument (repeat), e.g. --pa-arg=--stability-percentage=25 where a saturated "
+    add_perf_analyzer_arguments(
+        p,
+        5000,
+        240,
+        "extra perf_analyzer argument (repeat), e.g. --pa-arg=--stability-percentage=25 where a saturated "
         "server never gives perf_analyzer three windows within 10%%",
     )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"), help="directory of the JSON results")
@@ -93,14 +88,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def start(name: str, repo: Path, threads_repo: Path, peers: Peers, args: argparse.Namespace, logs: Path) -> PAServer:
+def start(name: str, repos: dict[str, Path], peers: Peers, args: argparse.Namespace, logs: Path) -> PAServer:
     if name == "triton":
-        server = start_server("triton", repo, peers, args, logs)
+        server = start_server("triton", repos, peers, args, logs)
     else:
         variant = name.removeprefix("naiad-")
-        flags = args.variants[variant]
-        run_args = argparse.Namespace(**{**vars(args), "naiad_arg": args.naiad_arg + flags})
-        server = start_server("naiad", threads_repo if variant == "threads" else repo, peers, run_args, logs)
+        run_args = argparse.Namespace(**{**vars(args), "naiad_arg": args.naiad_arg + args.variants[variant]})
+        server = start_server("naiad-threads" if variant == "threads" else "naiad", repos, peers, run_args, logs)
         server.name = name
     server.argv = ["taskset", "-c", args.server_cpus, *server.argv]
     return server
@@ -118,16 +112,12 @@ def sweep(args: argparse.Namespace) -> int:
     runs: list[dict[str, object]] = []
     current: PAServer | None = None
     try:
-        repo, threads_repo, logs = work / "models", work / "models-threads", work / "logs"
+        repos, logs = add_sub_repos(work), work / "logs"
         logs.mkdir()
-        for where in (repo, threads_repo):
-            shutil.copytree(MODEL_DIR, where / MODEL, ignore=shutil.ignore_patterns("__pycache__"))
-        with open(threads_repo / MODEL / "config.pbtxt", "a") as config:
-            config.write(THREADS_PARAMETER)
         for rnd in range(args.rounds):
             order = args.servers[rnd % len(args.servers) :] + args.servers[: rnd % len(args.servers)]
             for name in order:
-                current = start(name, repo, threads_repo, peers, args, logs)
+                current = start(name, repos, peers, args, logs)
                 print(f"[round {rnd + 1}/{args.rounds}] {name}: starting", flush=True)
                 current.start()
                 current.wait_ready(args.ready_timeout)
@@ -150,14 +140,10 @@ def measure(
     assert server.proc is not None
     argv = ["taskset", "-c", args.client_cpus]
     argv += perf_analyzer_argv(peers, server.port(protocol), protocol, conc, args.measurement_ms) + args.pa_arg
-    cpu_before, wall_before = server_cpu_seconds(server.proc.pid), time.monotonic()
-    result, text = perf_analyzer_attempts(argv, args.pa_timeout, args.pa_attempts)
-    cpu_share = (server_cpu_seconds(server.proc.pid) - cpu_before) / (time.monotonic() - wall_before)
-    rate = result["infer_per_s"]
-    cpu = cpu_share * 1e6 / rate if isinstance(rate, float) and rate > 0 else None
+    result, text = perf_analyzer_with_cpu(server.proc.pid, argv, args.pa_timeout, args.pa_attempts)
+    rate, cpu = result["infer_per_s"], result["cpu_us_per_inference"]
     p50 = latencies(text).get("latency_p50_us")
-    run = {"round": rnd, "server": server.name, "protocol": protocol, "concurrency": conc, **result}
-    run.update({"cpu_us_per_inference": cpu, "p50_us": p50})
+    run = {"round": rnd, "server": server.name, "protocol": protocol, "concurrency": conc, **result, "p50_us": p50}
     print(
         f"SWEEP server={server.name} protocol={protocol} concurrency={conc} infer_per_s={fmt(rate, '.0f')} "
         f"cpu_us_per_inference={fmt(cpu, '.0f')} p50_us={fmt(p50, '.0f')}",

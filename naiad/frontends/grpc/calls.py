@@ -152,12 +152,12 @@ class Call:
                 self._queue.put_nowait(_END)
             return
         if len(self._messages) > 1:  # as grpc: at once, not after reading (and keeping) the rest
-            self.fail(INTERNAL, _COUNT_ERROR[False])
+            self.fail(INTERNAL, "Received more than one request message for a unary call")
         elif end_stream:
             if self._buffer:
                 self.fail(INTERNAL, "Incomplete message at the end of the stream")
             elif not self._messages:
-                self.fail(UNIMPLEMENTED, _COUNT_ERROR[True])
+                self.fail(UNIMPLEMENTED, "No request message received")
             else:
                 self.stream.connection.defer(self._start)
 
@@ -374,7 +374,6 @@ def parse_timeout(value: bytes) -> float | None:
 
 _END = object()
 _running: set[asyncio.Task[None]] = set()
-_COUNT_ERROR = {False: "Received more than one request message for a unary call", True: "No request message received"}
 _SAFE = frozenset(range(0x20, 0x7F)) - {ord("%")}
 
 

@@ -4,7 +4,6 @@ its pid file descriptor turns readable), with the cause: a signal's name or an e
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import copy
@@ -13,11 +12,9 @@ import itertools
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -27,15 +24,10 @@ from naiad.domain.model_config import ModelConfig
 from naiad.domain.tensors import InferenceRequest, InferenceResult
 from naiad.processes import messages as m
 from naiad.processes.arena import ReadArena, WriteArena
-from naiad.processes.frames import FrameBuffer, Message, close_quietly
+from naiad.processes.frames import Message, close_quietly
 from naiad.processes.launch import Launch
-from naiad.processes.packing import (
-    decode_requests,
-    decode_results,
-    encode_requests,
-    encode_response,
-    frames_for,
-)
+from naiad.processes.link import Link
+from naiad.processes.packing import decode_requests, decode_results, encode_requests, encode_response
 
 logger = logging.getLogger("naiad.processes")
 
@@ -81,17 +73,14 @@ class InstanceProcess:
         self.pid = 0
         self.cause = ""  # how it ended, once it has
         self._process: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
+        self._link: Link | None = None
         self._pidfd = -1
-        self._frames = FrameBuffer(plain=True)
         settings = launch.settings
         self.writer = WriteArena(
             f"{settings.shm_region_prefix_name}{self.name}-in",
             settings.shm_default_byte_size,
             settings.shm_growth_byte_size,
         )
-        self.reader = ReadArena()
-        self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
         self._held: dict[int, tuple[Sequence[InferenceRequest], Done, int]] = {}
         self._batches = itertools.count()
         self._waiting: asyncio.Future[Message] | None = None  # an answer during start-up
@@ -104,6 +93,12 @@ class InstanceProcess:
         self._started = False  # initialize() returned: a death from now on is reported to `on_death`
 
     @property
+    def reader(self) -> ReadArena:
+        """The arena of the outputs the process writes."""
+        assert self._link is not None
+        return self._link.reader
+
+    @property
     def alive(self) -> bool:
         """Whether the process is running (and not known to be dying)."""
         return self._process is not None and not self.cause
@@ -114,14 +109,22 @@ class InstanceProcess:
         """Start the process and load the instance (initialize()); raises `ServerError` with the reason."""
         settings = self._launch.settings
         try:
-            self._process, self._sock = self._launch.start()
+            self._process, sock = self._launch.start()
         except OSError as exc:
             raise internal(
                 f"failed to load model '{self.model}': cannot start the process of instance '{self.name}' with "
                 f"{self._launch.python}: {exc.strerror or exc}"
             ) from None
         self.pid = self._process.pid
-        self._loop.add_reader(self._sock.fileno(), self._readable)
+        self._link = Link(
+            sock,
+            self._loop,
+            self.writer,
+            plain=True,
+            on_message=self._take,
+            on_lost=self._connection_lost,
+            on_bad=self._unreadable,
+        )
         self._watch_exit()
         try:
             hello = await self._answer(timeout=settings.stub_timeout_seconds)
@@ -222,29 +225,13 @@ class InstanceProcess:
 
     # What the process sends
 
-    def _readable(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            messages = self._frames.receive(sock)
-            if messages is None:
-                self._connection_lost()
-                return
-            for message in messages:
-                self._take(message)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._connection_lost()
-        except Exception as exc:  # a message the server cannot read: the process is not to be trusted any more
-            logger.error("model instance '%s' sent a message naiad cannot read (%s); ending it", self.name, exc)
-            self.kill()
+    def _unreadable(self, exc: Exception) -> None:
+        """A message the server cannot read: the process is not to be trusted any more."""
+        logger.error("model instance '%s' sent a message naiad cannot read (%s); ending it", self.name, exc)
+        self.kill()
 
     def _take(self, message: Message) -> None:
-        kind, freed = message[0], message[1]
-        if freed:
-            self.writer.free(freed)
+        kind = message[0]
         if kind == m.RESULTS:
             self._results(message)
         elif kind == m.LOG:
@@ -252,16 +239,11 @@ class InstanceProcess:
             if name == "naiad.model":
                 name = f"naiad.model.{self.model}"
             logging.getLogger(str(name)).log(int(level), "%s", text)
-        elif kind == m.SEGMENT:
-            self.reader.add(message[2], message[3], self._frames.take_fd())
-        elif kind == m.DROP:
-            for segment in message[2]:
-                self.reader.drop(segment)
         elif kind == m.BLS:
             self._track(self._bls(message))
         elif kind == m.CALL:
             self._track(self._control(message))
-        elif kind != m.FREE:
+        else:
             waiting = self._waiting
             if waiting is not None and not waiting.done():
                 waiting.set_result(message)
@@ -309,46 +291,9 @@ class InstanceProcess:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # Sending, without blocking the loop
-
     def _send(self, message: Message) -> None:
-        if self._sock is None or self.cause:
-            return
-        flushing = not self._out
-        for data, fds in frames_for(message, self.writer, self.reader):
-            self._out.append((memoryview(data), fds))
-        if flushing:  # otherwise the loop is already waiting to write the backlog
-            self._flush()
-
-    def _flush(self) -> None:
-        sock, out = self._sock, self._out
-        if sock is None:
-            return
-        while out:
-            view, fds = out[0]
-            try:
-                if fds:
-                    sent = sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-                else:
-                    sent = sock.send(view)
-            except (BlockingIOError, InterruptedError):
-                self._loop.add_writer(sock.fileno(), self._writable)
-                return
-            except OSError:
-                self._connection_lost()
-                return
-            for fd in fds:
-                os.close(fd)
-            if sent < len(view):
-                out[0] = (view[sent:], ())
-                self._loop.add_writer(sock.fileno(), self._writable)
-                return
-            out.popleft()
-
-    def _writable(self) -> None:
-        if self._sock is not None:
-            self._loop.remove_writer(self._sock.fileno())
-        self._flush()
+        if self._link is not None and not self.cause:
+            self._link.send(message)
 
     # Waiting, and dying
 
@@ -392,12 +337,9 @@ class InstanceProcess:
 
     def _connection_lost(self) -> None:
         """The socket closed: the exit follows at once, unless the process lingers; it gets a second."""
-        sock = self._sock
-        if sock is None or self._disconnected:
+        if self._link is None or self._disconnected:
             return
         self._disconnected = True
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(sock.fileno())
         if self._process is not None and self._process.poll() is None:
             self._kill_timer = self._loop.call_later(1.0, self._kill_lingering)
         else:
@@ -447,25 +389,15 @@ class InstanceProcess:
         if self._kill_timer is not None:
             self._kill_timer.cancel()
             self._kill_timer = None
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(sock.fileno())
-            with contextlib.suppress(Exception):
-                loop.remove_writer(sock.fileno())
-            sock.close()
+        if self._link is not None:
+            self._link.close()  # the arenas with it
+        else:
+            self.writer.close()
         if self._pidfd >= 0:
             with contextlib.suppress(Exception):
                 loop.remove_reader(self._pidfd)
             close_quietly(self._pidfd)
             self._pidfd = -1
-        for _view, fds in self._out:
-            for fd in fds:
-                close_quietly(fd)
-        self._out.clear()
-        self._frames.close()
-        self.writer.close()
-        self.reader.close()
         for task in self._tasks:
             task.cancel()
 

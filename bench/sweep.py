@@ -6,7 +6,9 @@ Each measurement prints one fixed line, for scripts to grep:
     SWEEP server=<name> protocol=<http|grpc> concurrency=<n> infer_per_s=<x> cpu_us_per_inference=<y> p50_us=<z>
 
 then a table per protocol of the medians, and ratios to Triton. `--naiad-variant NAME=FLAGS` adds a naiad run with
-those flags (repeat it). Front-end process counts, when naiad has them, are variants like any other.
+those flags (repeat it). `--frontend-processes 1,2,4,8` (the default) adds a variant `feN` per count above 1
+(`--frontend-process-count=N`), and `--frontend-threads` a `feN-threads` of each with the model as a thread
+instance.
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help='a naiad run with these flags, e.g. "fe4=--some-flag=4" (repeat); "default" (no flags) and "threads" '
         "(the model as a thread instance) always run",
     )
+    p.add_argument(
+        "--frontend-processes",
+        default="1,2,4,8",
+        help="front-end process counts, comma list; 1 is the default variant, each other N a variant feN",
+    )
+    p.add_argument(
+        "--frontend-threads", action="store_true", help="also run each feN with the model as a thread instance"
+    )
     p.add_argument("--no-triton", action="store_true", help="leave Triton out (ratios need it)")
     p.add_argument("--client-cpus", help="taskset list for perf_analyzer (default: the first quarter of the cores)")
     p.add_argument("--server-cpus", help="taskset list for the servers (default: the other cores)")
@@ -78,6 +88,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.conc_list or min(args.conc_list) < 1 or any(x not in PROTOCOLS for x in args.protocol_list):
         p.error("--concurrency: integers >= 1; --protocols: http and/or grpc")
     variants = {"default": [], "threads": []}
+    for count in (int(c) for c in args.frontend_processes.split(",") if c.strip()):
+        if count > 1:
+            variants[f"fe{count}"] = [f"--frontend-process-count={count}"]
+            if args.frontend_threads:
+                variants[f"fe{count}-threads"] = [f"--frontend-process-count={count}"]
     for item in args.naiad_variant:
         name, _, flags = item.partition("=")
         if not name or name in variants or name == "triton":
@@ -94,7 +109,8 @@ def start(name: str, repos: dict[str, Path], peers: Peers, args: argparse.Namesp
     else:
         variant = name.removeprefix("naiad-")
         run_args = argparse.Namespace(**{**vars(args), "naiad_arg": args.naiad_arg + args.variants[variant]})
-        server = start_server("naiad-threads" if variant == "threads" else "naiad", repos, peers, run_args, logs)
+        threads = variant == "threads" or variant.endswith("-threads")
+        server = start_server("naiad-threads" if threads else "naiad", repos, peers, run_args, logs)
         server.name = name
     server.argv = ["taskset", "-c", args.server_cpus, *server.argv]
     return server

@@ -264,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="how many models load at the same time (default 4)",
     )
+    serve.add_argument(
+        "--frontend-process-count",
+        type=positive,
+        default=1,
+        help="how many processes serve HTTP and gRPC, sharing their ports, each passing every request to the one "
+        "process that holds the models, batchers and statistics (default 1: that process serves them itself)",
+    )
     _auto_complete_flags(serve)
     _backend_config_flag(serve)
     serve.add_argument(
@@ -367,6 +374,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         repository_poll_secs=args.repository_poll_secs,
         load_models=tuple(args.load_model),
         model_load_thread_count=args.model_load_thread_count,
+        frontend_process_count=args.frontend_process_count,
         allow_model_file_override=args.allow_model_file_override,
         exit_timeout_secs=args.exit_timeout_secs,
         disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
@@ -506,6 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--allow-model-file-override needs --model-control-mode=explicit")
     if "*" in args.load_model and len(args.load_model) > 1:
         parser.error("--load-model=* loads every model and must be the only --load-model")
+    if args.frontend_process_count > 1 and args.allow_grpc and args.grpc_stack == "grpcio":
+        parser.error(
+            "--grpc-stack=grpcio serves from the server process only: use the naiad stack with "
+            f"--frontend-process-count={args.frontend_process_count}, or one front end"
+        )
     try:
         settings = settings_from(args)
     except RestrictionError as exc:

@@ -12,7 +12,8 @@ from typing import NamedTuple
 from naiad.config.log_levels import LogLevels
 from naiad.config.settings import ServerSettings
 from naiad.core.server import InferenceServer, StoreError
-from naiad.frontends.grpc.listener import GrpcListener, GrpcSetupError, grpc_listener
+from naiad.frontend_processes.host import FrontendProcesses
+from naiad.frontends.grpc.listener import GrpcListener, GrpcSetupError, grpc_listener, warn_of_ineffective
 from naiad.frontends.http.app import HttpApp
 from naiad.frontends.http.metrics import MetricsApp
 from naiad.frontends.http.protocol import HttpListener
@@ -96,11 +97,13 @@ async def _shut_down(server: InferenceServer, listeners: Listeners, settings: Se
     """Not ready, stop accepting, drain what is in flight, close the listeners, unload every model."""
     logger.info("shutting down: no longer ready; waiting up to %ds for requests in flight", settings.exit_timeout_secs)
     server.begin_exit()
-    http, grpc = listeners.http, listeners.grpc
+    http, grpc, processes = listeners.http, listeners.grpc, listeners.processes
     if http is not None:
         http.stop_accepting()
     if grpc is not None:
         grpc.stop_accepting(settings.exit_timeout_secs)
+    if processes is not None:
+        processes.stop_accepting(settings.exit_timeout_secs)
     left = await server.drain(settings.exit_timeout_secs)
     if left:
         logger.warning("exit timeout reached with %d request(s) in flight", left)
@@ -108,6 +111,8 @@ async def _shut_down(server: InferenceServer, listeners: Listeners, settings: Se
         await http.close(timeout=1)
     if grpc is not None:
         await grpc.close(timeout=5)  # answers being written once the core is drained
+    if processes is not None:
+        await processes.close()  # each closes its own the same way
     if listeners.metrics is not None:
         await listeners.metrics.close()
     await server.unload()
@@ -120,9 +125,13 @@ class Listeners(NamedTuple):
     metrics: MetricsService | None
     http: HttpListener | None
     grpc: GrpcListener | None
+    processes: FrontendProcesses | None = None  # serving HTTP and gRPC instead of this process
 
     async def close(self) -> None:
         """Close them at once (start-up failed: nothing is in flight that should be waited for)."""
+        if self.processes is not None:
+            self.processes.stop_accepting(0)
+            await self.processes.close()
         if self.grpc is not None:
             await self.grpc.close(timeout=0)
         if self.http is not None:
@@ -139,6 +148,12 @@ async def _open_listeners(server: InferenceServer, settings: ServerSettings) -> 
         opened = opened._replace(metrics=await _start_metrics(server, settings))
         if opened.metrics is None:
             return None
+    if settings.frontend_process_count > 1 and (settings.allow_http or settings.allow_grpc):
+        opened = opened._replace(processes=await _start_processes(server, settings))
+        if opened.processes is None:
+            await opened.close()
+            return None
+        return opened
     if settings.allow_http:
         opened = opened._replace(http=await _start_http(server, settings))
         if opened.http is None:
@@ -150,6 +165,32 @@ async def _open_listeners(server: InferenceServer, settings: ServerSettings) -> 
             await opened.close()
             return None
     return opened
+
+
+async def _start_processes(server: InferenceServer, settings: ServerSettings) -> FrontendProcesses | None:
+    if settings.allow_grpc:
+        warn_of_ineffective(settings.grpc)
+    processes = FrontendProcesses(server, settings)
+    try:
+        processes.bind()
+    except OSError as exc:
+        logger.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    error = await processes.start()
+    if error:
+        logger.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        processes.stop_accepting(0)
+        await processes.close()
+        return None
+    if settings.allow_http:
+        logger.info("Started HTTPService at %s:%d", settings.http_address, processes.port(processes.http_sockets))
+    if settings.allow_grpc:
+        port = processes.port(processes.grpc_sockets)
+        logger.info("Started GRPCInferenceService at %s:%d", settings.grpc.address, port)
+    logger.info("%d front-end processes serve HTTP and gRPC (pids %s)", processes.count, processes.pids)
+    return processes
 
 
 async def _start_http(server: InferenceServer, settings: ServerSettings) -> HttpListener | None:

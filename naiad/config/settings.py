@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ class ServerSettings:
     repository_poll_secs: float = 15.0
     load_models: tuple[str, ...] = ()  # explicit mode: loaded at start-up ("*" for all)
     model_load_thread_count: int = 4
+    frontend_process_count: int = 1  # processes serving HTTP and gRPC; 1: the server process itself
     allow_model_file_override: bool = False  # accept Triton's `file:` load parameters (clients writing files)
     exit_timeout_secs: int = 30
     disable_auto_complete_config: bool = False
@@ -139,6 +141,15 @@ class ServerSettings:
     log_error: bool = True
     log_format: str = "default"
     log_file: str = ""
+
+    def picklable(self) -> ServerSettings:
+        """The same settings with plain dicts for the read-only mappings, to pass to another process."""
+        return dataclasses.replace(
+            self,
+            backend_config={backend: dict(values) for backend, values in self.backend_config.items()},
+            http_restricted=dict(self.http_restricted),
+            grpc=dataclasses.replace(self.grpc, restricted=dict(self.grpc.restricted)),
+        )
 
     def backend_setting(self, backend: str, setting: str) -> str:
         """A `--backend-config` setting for one backend: its own value, else the global one, else the default."""

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from naiad import __version__
 from naiad.config.log_levels import LogLevels
@@ -28,6 +28,17 @@ from naiad.processes.launch import ProcessSettings
 from naiad.processes.supervisor import Supervisor
 
 ResponseDone = Callable[[InferenceResponse | ServerError], None]
+
+
+class Inference(Protocol):
+    """What the inference path of a front end calls: the `InferenceServer`, or a front-end process's way to it."""
+
+    settings: ServerSettings
+
+    def submit(self, name: str, version: str, request: InferenceRequest, done: ResponseDone) -> None:
+        """Start one request; `done` gets the response or the `ServerError`. A request refused before it is queued
+        raises, or (from another process) reaches `done` as a `RefusedError`."""
+
 
 logger = logging.getLogger("naiad.core")
 

@@ -30,6 +30,11 @@ class ServerError(Exception):
         return f"ServerError({self.code.name}, {self.message!r})"
 
 
+class RefusedError(ServerError):
+    """A request refused before it was queued, told through the response callback rather than raised (the server
+    is in another process): a stream answers it as one it never started."""
+
+
 def invalid(message: str) -> ServerError:
     """A client's mistake (HTTP 400)."""
     return ServerError(ErrorCode.INVALID_ARG, message)

@@ -58,9 +58,14 @@ def configure(settings: ServerSettings) -> LogLevels:
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TritonFormatter(levels))
+    install(handler, levels)
+    return levels
+
+
+def install(handler: logging.Handler, levels: LogLevels) -> None:
+    """Make `handler` the one that naiad's and the models' records go to, showing only what `levels` allow."""
     handler.addFilter(_LevelFilter(levels))
     logger = logging.getLogger("naiad")
     logger.handlers[:] = [handler]
     levels.apply_verbosity()
     logger.propagate = False
-    return levels

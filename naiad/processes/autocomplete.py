@@ -12,8 +12,8 @@ from typing import Any
 
 from naiad.domain.errors import internal
 from naiad.processes import messages as m
+from naiad.processes.exits import how_it_ended
 from naiad.processes.frames import FrameBuffer, Message, pack, send_blocking
-from naiad.processes.instance import how_it_ended
 from naiad.processes.launch import Launch
 
 

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -24,7 +23,8 @@ from naiad.domain.model_config import ModelConfig
 from naiad.domain.tensors import InferenceRequest, InferenceResult
 from naiad.processes import messages as m
 from naiad.processes.arena import ReadArena, WriteArena
-from naiad.processes.frames import Message, close_quietly
+from naiad.processes.exits import ExitWatch, how_it_ended
+from naiad.processes.frames import Message
 from naiad.processes.launch import Launch
 from naiad.processes.link import Link
 from naiad.processes.packing import decode_requests, decode_results, encode_requests, encode_response
@@ -74,7 +74,7 @@ class InstanceProcess:
         self.cause = ""  # how it ended, once it has
         self._process: subprocess.Popen[bytes] | None = None
         self._link: Link | None = None
-        self._pidfd = -1
+        self._exit_watch: ExitWatch | None = None
         settings = launch.settings
         self.writer = WriteArena(
             f"{settings.shm_region_prefix_name}{self.name}-in",
@@ -125,7 +125,7 @@ class InstanceProcess:
             on_lost=self._connection_lost,
             on_bad=self._unreadable,
         )
-        self._watch_exit()
+        self._exit_watch = ExitWatch(self._process, self._loop, self._exit_seen)
         try:
             hello = await self._answer(timeout=settings.stub_timeout_seconds)
             if hello[0] == m.FAILED:
@@ -313,28 +313,6 @@ class InstanceProcess:
         finally:
             self._waiting = None
 
-    def _watch_exit(self) -> None:
-        """Be told the moment the process exits, even if something it started still holds its socket."""
-        process = self._process
-        assert process is not None
-        pidfd_open = getattr(os, "pidfd_open", None)
-        if pidfd_open is not None:
-            try:
-                self._pidfd = pidfd_open(process.pid)
-            except OSError:
-                self._pidfd = -1
-            else:
-                self._loop.add_reader(self._pidfd, self._exit_seen)
-                return
-        loop = self._loop
-
-        def wait() -> None:  # pragma: no cover - without pidfd (macOS, old Linux)
-            process.wait()
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell
-                loop.call_soon_threadsafe(self._exit_seen)
-
-        threading.Thread(target=wait, name=f"naiad-wait-{self.name}", daemon=True).start()
-
     def _connection_lost(self) -> None:
         """The socket closed: the exit follows at once, unless the process lingers; it gets a second."""
         if self._link is None or self._disconnected:
@@ -385,7 +363,6 @@ class InstanceProcess:
         )
 
     def _close(self) -> None:
-        loop = self._loop
         if self._kill_timer is not None:
             self._kill_timer.cancel()
             self._kill_timer = None
@@ -393,11 +370,8 @@ class InstanceProcess:
             self._link.close()  # the arenas with it
         else:
             self.writer.close()
-        if self._pidfd >= 0:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(self._pidfd)
-            close_quietly(self._pidfd)
-            self._pidfd = -1
+        if self._exit_watch is not None:
+            self._exit_watch.close()
         for task in self._tasks:
             task.cancel()
 
@@ -405,14 +379,3 @@ class InstanceProcess:
 def _picklable(config: ModelConfig) -> ModelConfig:
     """The config with plain dicts where it holds read-only mappings."""
     return dataclasses.replace(config, raw=copy.deepcopy(dict(config.raw)), parameters=dict(config.parameters))
-
-
-def how_it_ended(returncode: int) -> str:
-    """How a process ended, in words."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"was killed by {name}"
-    return f"exited with code {returncode}"

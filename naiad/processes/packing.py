@@ -116,13 +116,15 @@ def _received(parameters: dict[str, Any]) -> Mapping[str, Any]:
 
 
 def encode_requests(arena: WriteArena, requests: Sequence[InferenceRequest]) -> tuple[Block | None, tuple[Any, ...]]:
-    """A batch of requests: one block for every input, and per request its id, parameters, requested output names
-    and input descriptors."""
+    """A batch of requests: one block for every input, and per request its id, parameters, requested outputs (names
+    and parameters) and input descriptors."""
     fields = [
         (
             plain(request.id, "id"),
             _parameters(request.parameters),
-            None if request.outputs is None else tuple(str(output.name) for output in request.outputs),
+            None
+            if request.outputs is None
+            else tuple((str(output.name), _parameters(output.parameters)) for output in request.outputs),
         )
         for request in requests
     ]
@@ -146,7 +148,9 @@ def decode_requests(
     start = 0
     for request_id, parameters, outputs, inputs in encoded:
         end = start + len(inputs)
-        requested = None if outputs is None else tuple(RequestedOutput(name) for name in outputs)
+        requested = (
+            None if outputs is None else tuple(RequestedOutput(name, _received(values)) for name, values in outputs)
+        )
         requests.append(InferenceRequest(tensors[start:end], requested, request_id, _received(parameters)))
         start = end
     return requests

@@ -164,15 +164,20 @@ def command_of(pid: int) -> str:
 
 
 def children_of(pid: int) -> list[int]:
+    """The instance processes of server `pid` (its front-end processes, when it has some, are not)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if parent_of(int(entry)) == pid:
+                if parent_of(int(entry)) == pid and b"naiad.frontend_processes" not in _command(int(entry)):
                     found.append(int(entry))
             except (OSError, IndexError):
                 continue
     return found
+
+
+def _command(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
 def running(pid: int) -> bool:
@@ -625,7 +630,7 @@ def test_restarts_leave_no_descriptor_or_mapping_behind_in_the_server(tmp_path: 
         targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         maps = Path(f"/proc/{pid}/maps").read_text().count("naiad_python_backend_shm_region_")
         pidfds = sum(1 for target in targets if "pidfd" in target)
-        memfds = sum(1 for target in targets if target.startswith("/memfd:"))
+        memfds = sum(1 for target in targets if target.startswith("/memfd:naiad_python_backend_shm_region_"))
         sockets = sum(1 for target in targets if target.startswith("socket:[") and target[8:-1] in unix)
         return pidfds, memfds, sockets, maps
 

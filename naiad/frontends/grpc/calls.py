@@ -9,7 +9,7 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 
@@ -64,12 +64,19 @@ class Method:
     encode: Callable[[Any], bytes]
 
 
+class CallState(Protocol):
+    """What a context reads of its call."""
+
+    metadata: list[tuple[bytes, bytes]]
+    done_callbacks: list[Callable[[Any], None]]
+
+
 class CallContext:
     """What handlers written for `grpc.aio.ServicerContext` use of it."""
 
     __slots__ = ("_call",)
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: CallState) -> None:
         self._call = call
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from grpc_health.v1 import health_pb2
@@ -27,10 +29,10 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 class Http2Server:
     """Starts, stops accepting (GOAWAY on every connection), and closes the gRPC service."""
 
-    def __init__(self, server: InferenceServer, settings: GrpcSettings) -> None:
+    def __init__(self, methods: Mapping[str, Method], settings: GrpcSettings, health: HealthService | None) -> None:
+        """`health` is the one among `methods`, if any: its watchers end first at shutdown."""
         self._settings = settings
-        self._health = HealthService(server)
-        methods = service_methods(InferenceService(server), self._health)
+        self._health = health
         self._app = GrpcApplication(methods, settings.compression_level, settings.restricted)
         self._policy = ConnectionPolicy(
             keepalive_time_ms=settings.keepalive_time_ms,
@@ -44,26 +46,37 @@ class Http2Server:
         self._connections: set[Connection] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._listening: asyncio.Server | None = None
+        self._listening: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
 
-    async def start(self, port: int) -> int:
-        """Bind and start serving; the port bound (useful when `port` is 0)."""
+    @classmethod
+    def for_server(cls, server: InferenceServer, settings: GrpcSettings) -> Http2Server:
+        """Both services over the server itself."""
+        health = HealthService(server)
+        return cls(service_methods(InferenceService(server), health), settings, health)
+
+    async def start(self, port: int, sockets: Sequence[socket.socket] = ()) -> int:
+        """Bind (or serve on `sockets`, bound and listening already) and start serving; the port bound (useful when
+        `port` is 0)."""
         settings = self._settings
         context = ssl_context(settings) if settings.use_ssl else None
         loop = asyncio.get_running_loop()
         try:
-            self._listening = await loop.create_server(
-                self._connect,
-                settings.address,
-                port,
-                ssl=context,
-                reuse_port=settings.reuse_port or None,
-                backlog=1024,
-            )
+            for sock in sockets:
+                self._listening.append(await loop.create_server(self._connect, sock=sock, ssl=context, backlog=1024))
+            if not sockets:
+                server = await loop.create_server(
+                    self._connect,
+                    settings.address,
+                    port,
+                    ssl=context,
+                    reuse_port=settings.reuse_port or None,
+                    backlog=1024,
+                )
+                self._listening.append(server)
         except OSError as exc:
             raise GrpcSetupError(f"failed to bind {settings.address}:{port}: {exc.strerror or exc}") from None
-        return int(self._listening.sockets[0].getsockname()[1])
+        return int(self._listening[0].sockets[0].getsockname()[1])
 
     def stop_accepting(self, grace: float) -> None:
         """Refuse new calls from now on; calls in flight get up to `grace` seconds."""
@@ -71,11 +84,12 @@ class Http2Server:
             self._stopping = asyncio.get_running_loop().create_task(self._stop(grace))
 
     async def _stop(self, grace: float) -> None:
-        if self._listening is not None:
-            self._listening.close()
+        for listening in self._listening:
+            listening.close()
         # health watchers first: each writes NOT_SERVING and ends while the connection still sends (2 s at most)
-        self._health.begin_exit()
-        await self._health.watchers_done(timeout=min(grace, 2.0))
+        if self._health is not None:
+            self._health.begin_exit()
+            await self._health.watchers_done(timeout=min(grace, 2.0))
         for connection in list(self._connections):
             connection.shut_down()
         with contextlib.suppress(asyncio.TimeoutError):
@@ -87,8 +101,8 @@ class Http2Server:
         if stopping is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(stopping), timeout)
-        if self._listening is not None:
-            self._listening.close()
+        for listening in self._listening:
+            listening.close()
         for connection in list(self._connections):
             connection.abort()
         with contextlib.suppress(asyncio.TimeoutError):

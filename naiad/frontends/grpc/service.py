@@ -11,8 +11,8 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
-from naiad.core.server import InferenceServer
-from naiad.domain.errors import ServerError, missing_extension
+from naiad.core.server import Inference, InferenceServer
+from naiad.domain.errors import RefusedError, ServerError, missing_extension
 from naiad.domain.tensors import InferenceResponse
 from naiad.frontends.grpc import codec
 from naiad.frontends.grpc.errors import status_of
@@ -54,11 +54,52 @@ def _setting_value(value: bool | int | str) -> pb.LogSettingsResponse.SettingVal
     return pb.LogSettingsResponse.SettingValue(string_param=value)
 
 
-class InferenceService:
-    """Each RPC decodes its message, calls the `InferenceServer` and encodes the answer; a `ServerError` becomes
-    the gRPC status Triton would answer, with the same message as over HTTP."""
+class InferenceCalls:
+    """ModelInfer and ModelStreamInfer over any `Inference`: decode, submit, encode; a `ServerError` becomes the gRPC
+    status Triton would answer, with the same message as over HTTP."""
+
+    def __init__(self, inference: Inference) -> None:
+        self.inference = inference
+
+    def infer_into(self, request: pb.ModelInferRequest, call: Answer) -> None:
+        """ModelInfer without a task or a future: the answer is written from the response's callback."""
+
+        def done(outcome: InferenceResponse | ServerError) -> None:
+            if not isinstance(outcome, ServerError):
+                try:
+                    call.answer(codec.encode_response(outcome).SerializeToString())
+                    return
+                except ServerError as exc:
+                    outcome = exc
+            call.fail(status_of(outcome.code).value[0], outcome.message)
+
+        try:
+            decoded = codec.decode_request(request)
+            self.inference.submit(request.model_name, request.model_version, decoded, done)
+        except ServerError as exc:
+            call.fail(status_of(exc.code).value[0], exc.message)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request of the stream is served as it arrives; each answer (or error) is written as it is done,
+        and an error does not end the stream, as in Triton."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        stream = _Stream(self.inference, answers)
+        reader = asyncio.get_running_loop().create_task(stream.read(requests))
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+        await reader
+
+
+class InferenceService(InferenceCalls):
+    """Each RPC decodes its message, calls the `InferenceServer` and encodes the answer."""
 
     def __init__(self, server: InferenceServer) -> None:
+        super().__init__(server)
         self.server = server
 
     # Health and metadata
@@ -107,39 +148,6 @@ class InferenceService:
         except ServerError as exc:
             await _abort(context, exc)
 
-    def infer_into(self, request: pb.ModelInferRequest, call: Answer) -> None:
-        """ModelInfer without a task or a future: the answer is written from the response's callback."""
-
-        def done(outcome: InferenceResponse | ServerError) -> None:
-            if not isinstance(outcome, ServerError):
-                try:
-                    call.answer(codec.encode_response(outcome).SerializeToString())
-                    return
-                except ServerError as exc:
-                    outcome = exc
-            call.fail(status_of(outcome.code).value[0], outcome.message)
-
-        try:
-            decoded = codec.decode_request(request)
-            self.server.submit(request.model_name, request.model_version, decoded, done)
-        except ServerError as exc:
-            call.fail(status_of(exc.code).value[0], exc.message)
-
-    async def ModelStreamInfer(
-        self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request of the stream is served as it arrives; each answer (or error) is written as it is done,
-        and an error does not end the stream, as in Triton."""
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        stream = _Stream(self.server, answers)
-        reader = asyncio.get_running_loop().create_task(stream.read(requests))
-        try:
-            while (answer := await answers.get()) is not None:
-                yield answer
-        finally:
-            reader.cancel()
-        await reader
-
     # Repository
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
@@ -187,8 +195,8 @@ class _Stream:
     """One `ModelStreamInfer` call: starts each request as it arrives and writes the answers in request order, as
     Triton does; a failed request is answered in the stream, which goes on."""
 
-    def __init__(self, server: InferenceServer, answers: asyncio.Queue[pb.ModelStreamInferResponse | None]) -> None:
-        self._server = server
+    def __init__(self, inference: Inference, answers: asyncio.Queue[pb.ModelStreamInferResponse | None]) -> None:
+        self._inference = inference
         self._answers = answers
         self._waiting: deque[list[pb.ModelStreamInferResponse | None]] = deque()  # one slot per request, in order
         self._reading = True
@@ -206,14 +214,16 @@ class _Stream:
         self._waiting.append(slot)
         try:
             decoded = codec.decode_request(request)
-            self._server.submit(request.model_name, request.model_version, decoded, self._done_for(request, slot))
+            self._inference.submit(request.model_name, request.model_version, decoded, self._done_for(request, slot))
         except ServerError as exc:
             slot[0] = _stream_error(exc.message, pb.ModelInferResponse(id=request.id))
             self._flush()
 
     def _done_for(self, request: pb.ModelInferRequest, slot: list[pb.ModelStreamInferResponse | None]) -> Any:
         def done(outcome: InferenceResponse | ServerError) -> None:
-            if isinstance(outcome, ServerError):
+            if isinstance(outcome, RefusedError):  # as if `submit` had raised it
+                slot[0] = _stream_error(outcome.message, pb.ModelInferResponse(id=request.id))
+            elif isinstance(outcome, ServerError):
                 response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
                 response.parameters[FINAL_RESPONSE].bool_param = True
                 slot[0] = _stream_error(outcome.message, response)

@@ -10,8 +10,9 @@ from typing import Any
 
 import orjson
 
-from naiad.core.server import InferenceServer
+from naiad.core.server import Inference, InferenceServer
 from naiad.domain.errors import ErrorCode, ServerError, invalid, missing_extension, not_found
+from naiad.domain.model_config import ModelConfig
 from naiad.domain.tensors import InferenceResponse
 from naiad.frontends.http import codec
 from naiad.frontends.http.compression import MIN_COMPRESSED_SIZE, choose_encoding, compress, decompress
@@ -31,16 +32,16 @@ _MISSING = {
 }
 
 
-class HttpApp:
-    """KServe V2 and Triton's HTTP endpoints over one `InferenceServer`."""
+class InferenceApp:
+    """What every request goes through (restrictions, body limits, compression) and Triton's inference endpoint, over
+    any `Inference`; the routes are a subclass's."""
 
-    def __init__(self, server: InferenceServer, max_input_size: int) -> None:
-        self.server = server
+    def __init__(self, inference: Inference, max_input_size: int) -> None:
+        self.inference = inference
         self.max_input_size = max_input_size
-        self._control: set[asyncio.Task[None]] = set()  # load and unload requests being carried out
         self._restricted = {
             category: (restriction.key.encode(), restriction.value.encode())
-            for category, restriction in server.settings.http_restricted.items()
+            for category, restriction in inference.settings.http_restricted.items()
         }
 
     def handle(self, request: HttpRequest, respond: Respond) -> None:
@@ -73,6 +74,50 @@ class HttpApp:
         if encoding is None:
             return request.body
         return decompress(request.body, encoding.decode("latin-1").strip().lower(), limit)
+
+    def _route(self, request: HttpRequest, path: str, respond: Respond) -> HttpReply | None:
+        """The reply, or None when `respond` is (or will be) called."""
+        raise NotImplementedError
+
+    def infer(self, request: HttpRequest, name: str, version: str, respond: Respond) -> None:
+        """`POST .../infer`: decode, submit, and answer from the response's callback."""
+        header_length = _header_length(request)
+        body = self.body(request)
+        if header_length == 0:
+            decoded = codec.decode_raw_binary(body, self._model_settings(name, version))
+        else:
+            decoded = codec.decode_request(body, header_length, name)
+
+        def done(outcome: InferenceResponse | ServerError) -> None:
+            if isinstance(outcome, ServerError):
+                reply = _error(outcome)
+            else:
+                try:
+                    payload, json_length = codec.encode_response(outcome, decoded)
+                except ServerError as exc:
+                    reply = _error(exc)
+                else:
+                    if json_length is None:
+                        reply = HttpReply(200, payload)
+                    else:
+                        length = str(json_length).encode()
+                        reply = HttpReply(200, payload, _OCTET, [(b"inference-header-content-length", length)])
+            respond(_compressed(request, reply))
+
+        self.inference.submit(name, version, decoded.request, done)
+
+    def _model_settings(self, name: str, version: str) -> ModelConfig:
+        """The config a raw binary request (no JSON header) is read with."""
+        raise NotImplementedError
+
+
+class HttpApp(InferenceApp):
+    """KServe V2 and Triton's HTTP endpoints over one `InferenceServer`."""
+
+    def __init__(self, server: InferenceServer, max_input_size: int) -> None:
+        super().__init__(server, max_input_size)
+        self.server = server
+        self._control: set[asyncio.Task[None]] = set()  # load and unload requests being carried out
 
     def _route(self, request: HttpRequest, path: str, respond: Respond) -> HttpReply | None:
         parts = path.rstrip("/").split("/")
@@ -120,7 +165,7 @@ class HttpApp:
         verb = action[0]
         if verb == "infer":
             _allow(request, "POST")
-            self._infer(request, name, version, respond)
+            self.infer(request, name, version, respond)
             return None
         _allow(request, "GET")
         if verb == "ready":
@@ -131,31 +176,8 @@ class HttpApp:
             return HttpReply(200, codec.dumps(self.server.model_config(name, version)))
         return HttpReply(200, codec.dumps(self.server.statistics(name, version)))
 
-    def _infer(self, request: HttpRequest, name: str, version: str, respond: Respond) -> None:
-        header_length = _header_length(request)
-        body = self.body(request)
-        if header_length == 0:
-            decoded = codec.decode_raw_binary(body, self.server.model_settings(name, version))
-        else:
-            decoded = codec.decode_request(body, header_length, name)
-
-        def done(outcome: InferenceResponse | ServerError) -> None:
-            if isinstance(outcome, ServerError):
-                reply = _error(outcome)
-            else:
-                try:
-                    payload, json_length = codec.encode_response(outcome, decoded)
-                except ServerError as exc:
-                    reply = _error(exc)
-                else:
-                    if json_length is None:
-                        reply = HttpReply(200, payload)
-                    else:
-                        length = str(json_length).encode()
-                        reply = HttpReply(200, payload, _OCTET, [(b"inference-header-content-length", length)])
-            respond(_compressed(request, reply))
-
-        self.server.submit(name, version, decoded.request, done)
+    def _model_settings(self, name: str, version: str) -> ModelConfig:
+        return self.server.model_settings(name, version)
 
     def _repository_route(self, request: HttpRequest, rest: list[str], respond: Respond) -> HttpReply | None:
         if rest and rest[0] not in ("index", "models"):
@@ -226,6 +248,18 @@ _SECTION_CATEGORIES = {
     "systemsharedmemory": "shared-memory",
     "cudasharedmemory": "shared-memory",
 }
+
+
+def infer_target(path: str) -> tuple[str, str] | None:
+    """The model and version (\"\" for the default one) an inference path names; None for any other path."""
+    parts = path.rstrip("/").split("/")
+    if len(parts) < 5 or parts[:3] != ["", "v2", "models"] or parts[-1] != "infer" or not parts[3]:
+        return None
+    if len(parts) == 5:
+        return parts[3], ""
+    if len(parts) == 7 and parts[4] == "versions":
+        return parts[3], parts[5]
+    return None
 
 
 def api_category(path: str) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import unquote
 
 import httptools
@@ -247,21 +248,27 @@ class HttpListener:
 
     def __init__(self, handler: Handler, max_body: int) -> None:
         self._state = ConnectionState(handler, max_body)
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port; the port actually bound (useful with port 0)."""
+    async def start(self, host: str, port: int, sockets: Sequence[socket.socket] = ()) -> int:
+        """Listen on host:port (or on `sockets`, bound and listening already); the port actually bound (useful with
+        port 0)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: HttpProtocol(self._state), host, port, reuse_address=True, backlog=2048
-        )
-        sockets = self._server.sockets
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        for sock in sockets:
+            self._servers.append(await loop.create_server(lambda: HttpProtocol(self._state), sock=sock, backlog=2048))
+        if not sockets:
+            self._servers.append(
+                await loop.create_server(
+                    lambda: HttpProtocol(self._state), host, port, reuse_address=True, backlog=2048
+                )
+            )
+        bound = self._servers[0].sockets
+        return int(bound[0].getsockname()[1]) if bound else port
 
     def stop_accepting(self) -> None:
         """Close the listening socket; open connections go on being served."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
 
     async def close(self, timeout: float) -> None:
         """Close idle connections now and busy ones after their reply, waiting up to `timeout` seconds."""

@@ -256,7 +256,9 @@ def test_request_fields_are_preserved(pair: Pair) -> None:
     (back,) = round_trip(pair, [request])
     assert back.id == "request-17"
     assert dict(back.parameters) == {"priority": 3, "sequence_start": True, "tag": "a"}
-    assert back.outputs == (RequestedOutput("OUT1"), RequestedOutput("OUT0"))
+    # the outputs' parameters too: a front-end process passes classification and binary_data on
+    assert back.outputs == (RequestedOutput("OUT1"), RequestedOutput("OUT0", {"binary_data": True}))
+    assert back.outputs[0].parameters is NO_PARAMETERS
 
 
 def test_defaults_are_preserved(pair: Pair) -> None:

@@ -1,6 +1,7 @@
 """`Link`: one side of a socket to another process, on an asyncio loop: frames read as they come and sent without
 blocking the loop, with the shared-memory arenas each way (new segments, dropped ones and freed blocks ride on the
-messages themselves)."""
+messages themselves). What is sent during one turn of the loop goes in one write at its end: under load, one
+wake-up of the other side carries many messages."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class Link:
         self._on_lost = on_lost
         self._on_bad = on_bad
         self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
+        self._flush_due = False  # a flush is scheduled for the end of this turn of the loop
+        self._blocked = False  # the socket is full: the loop calls back once it takes more
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._readable)
 
@@ -51,14 +54,14 @@ class Link:
         return self._sock is not None
 
     def send(self, message: Message) -> None:
-        """Queue `message` (its `freed` field is filled in here) and send what the socket takes now."""
+        """Queue `message` (its `freed` field is filled in here), to be sent at the end of this turn of the loop."""
         if self._sock is None:
             return
-        flushing = not self._out
         for data, fds in frames_for(message, self.writer, self.reader):
             self._out.append((memoryview(data), fds))
-        if flushing:  # otherwise the loop is already waiting to write the backlog
-            self._flush()
+        if not self._flush_due and not self._blocked:
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
 
     def close(self) -> None:
         """Stop reading and writing, close the socket, and unmap both arenas."""
@@ -118,18 +121,25 @@ class Link:
         self._on_lost()
 
     def _flush(self) -> None:
+        self._flush_due = False
         sock, out = self._sock, self._out
         if sock is None:
             return
         while out:
             view, fds = out[0]
+            if not fds and len(out) > 1 and not out[1][1]:  # frames without descriptors go in one write
+                run: list[memoryview] = []
+                while out and not out[0][1]:
+                    run.append(out.popleft()[0])
+                view = memoryview(b"".join(run))
+                out.appendleft((view, ()))
             try:
                 if fds:
                     sent = sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
                 else:
                     sent = sock.send(view)
             except (BlockingIOError, InterruptedError):
-                self._loop.add_writer(sock.fileno(), self._writable)
+                self._wait_writable(sock)
                 return
             except OSError:
                 self._lost()
@@ -138,11 +148,16 @@ class Link:
                 os.close(fd)
             if sent < len(view):
                 out[0] = (view[sent:], ())
-                self._loop.add_writer(sock.fileno(), self._writable)
+                self._wait_writable(sock)
                 return
             out.popleft()
 
+    def _wait_writable(self, sock: socket.socket) -> None:
+        self._blocked = True
+        self._loop.add_writer(sock.fileno(), self._writable)
+
     def _writable(self) -> None:
+        self._blocked = False
         if self._sock is not None:
             self._loop.remove_writer(self._sock.fileno())
         self._flush()

@@ -76,16 +76,22 @@ class FrontendProcess:
         writer = WriteArena(f"naiad_frontend_{self._index}_in", ARENA_BYTES, ARENA_BYTES)
         server = self._server = RemoteServer(self._sock, loop, settings, writer, self._command, _server_gone)
         install(LinkHandler(server), self._levels)
+        error = ""
         try:
             if http:
                 app = ForwardingHttpApp(server, settings.http_max_input_size)
                 self._http = HttpListener(app.handle, settings.http_max_input_size)
                 await self._http.start(settings.http_address, settings.http_port, http)
-            if grpc:
+        except OSError as exc:
+            error = f"failed to start the HTTP service on {settings.http_address}:{settings.http_port}: {exc}"
+        try:
+            if grpc and not error:
                 self._grpc = Http2Server(grpc_methods(server), settings.grpc, None)
                 await self._grpc.start(settings.grpc_port, grpc)
         except (GrpcSetupError, OSError) as exc:
-            server.link.send((fm.LISTENING, (), str(exc)))
+            error = f"failed to start the GRPC service: {exc}"  # as the server process words it with one front end
+        if error:
+            server.link.send((fm.LISTENING, (), error))
             await asyncio.sleep(0.1)  # let the link carry it
             return 1
         server.link.send((fm.LISTENING, (), ""))

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests import models
-from tests.conftest import GRPC_STACKS, RunningServer, ServerFactory
+from tests.conftest import FRONTEND_PROCESSES, GRPC_STACKS, RunningServer, ServerFactory
 from tests.grpc_inputs import add_sub_inputs
 
 A = np.arange(16, dtype=np.float32).reshape(1, 16)
@@ -66,7 +66,8 @@ def naiad(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ServerFact
 def naiad_exit(repo: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     """Run `naiad serve` that is expected to exit on its own (a bad flag or setup); its result."""
     command = [sys.executable, "-m", "naiad", "serve", f"--model-repository={repo}", "--http-address=127.0.0.1"]
-    command += ["--http-port=0", "--grpc-address=127.0.0.1", "--grpc-port=0", "--allow-metrics=false", *flags]
+    command += ["--http-port=0", "--grpc-address=127.0.0.1", "--grpc-port=0", "--allow-metrics=false"]
+    command += [*([f"--frontend-process-count={FRONTEND_PROCESSES}"] if FRONTEND_PROCESSES > 1 else []), *flags]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -23,8 +23,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The end-to-end suites again with every server's HTTP and gRPC in two front-end processes; left out are those that
+# test no front end (tools, stores, frameworks, environments, instance processes) and the front-end processes' own.
+FRONTEND_PASS := tests/e2e $(addprefix --ignore=tests/e2e/test_,push.py walkthroughs.py cloud_repositories.py \
+	export.py model_environments.py check.py s3_repository.py torchscript.py onnx_runtime.py instance_processes.py \
+	frontend_processes.py)
+
 test: lint
 	$(BIN)/python -m pytest
+	NAIAD_TEST_FRONTEND_PROCESSES=2 $(BIN)/python -m pytest $(FRONTEND_PASS)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix naiad tests examples bench deploy

@@ -106,7 +106,7 @@ class FrontendProcesses:
         self.close_sockets()
         frontends = list(self._frontends.values())
         for frontend in frontends:
-            frontend.send((fm.CLOSE, (), CLOSE_TIMEOUT_S))
+            frontend.send((fm.CLOSE, ()))
         await asyncio.gather(*(frontend.ended(CLOSE_TIMEOUT_S) for frontend in frontends))
 
     def close_sockets(self) -> None:
@@ -142,17 +142,24 @@ class FrontendProcesses:
         task.add_done_callback(self._restarts.discard)
 
     async def _restart(self, old: Frontend, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self.stopping:
-            return
-        frontend = Frontend(old.index, self, asyncio.get_running_loop())
-        frontend.failures = old.failures
-        self._frontends[old.index] = frontend
-        error = await frontend.start()
-        if error:
-            logger.error("front-end process %d could not start again: %s", old.index, error)
-        else:
-            logger.info("front-end process %d (pid %d) serves again", frontend.index, frontend.pid)
+        """Start the front end again, and again with back-off for as long as it cannot start (the others serve)."""
+        failures = old.failures
+        while True:
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            frontend = Frontend(old.index, self, asyncio.get_running_loop())
+            frontend.failures = failures
+            self._frontends[old.index] = frontend
+            error = await frontend.start()
+            if not error:
+                logger.info("front-end process %d (pid %d) serves again", frontend.index, frontend.pid)
+                return
+            failures += 1
+            delay = _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
+            logger.error(
+                "front-end process %d could not start again: %s; trying again in %.2f s", old.index, error, delay
+            )
 
     @property
     def pids(self) -> list[int]:

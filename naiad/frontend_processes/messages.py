@@ -12,7 +12,7 @@ GRPC_MESSAGE = 63  # (GRPC_MESSAGE, freed, call, message): one response message 
 GRPC_END = 64  # (GRPC_END, freed, call, status code, status message): the forwarded call is over
 LOG_SETTINGS = 65  # (LOG_SETTINGS, freed, log settings): the logging API changed them
 STOP_ACCEPTING = 66  # (STOP_ACCEPTING, freed, grace seconds): shutdown has begun
-CLOSE = 67  # (CLOSE, freed, timeout seconds): close the connections and exit
+CLOSE = 67  # (CLOSE, freed): close the connections (HTTP after 1 s, gRPC after 5 s at most) and exit
 # front end -> server
 LISTENING = 80  # (LISTENING, freed, error): serving on the ports passed, or why not ("" when serving)
 INFER = 81  # (INFER, freed, call, model, version, block, request)

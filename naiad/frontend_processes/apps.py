@@ -16,8 +16,8 @@ from naiad.frontends.http.protocol import HttpReply, HttpRequest, Respond
 
 
 class ForwardingHttpApp(InferenceApp):
-    """Inference with a JSON header (or none but JSON) here; raw binary inference, which needs the model's config,
-    and every other route in the server process."""
+    """Inference with a JSON header (or all JSON) here; raw binary inference, which needs the model's config, and
+    every other route in the server process."""
 
     def __init__(self, server: RemoteServer, max_input_size: int) -> None:
         super().__init__(server, max_input_size)
@@ -25,20 +25,14 @@ class ForwardingHttpApp(InferenceApp):
 
     def _route(self, request: HttpRequest, path: str, respond: Respond) -> HttpReply | None:
         target = infer_target(path)
-        if target is not None and request.method == "POST" and not _raw_binary(request):
+        if target is not None and request.method == "POST":
             self.infer(request, target[0], target[1], respond)
         else:
             self._server.forward_http(request, respond)
         return None
 
-
-def _raw_binary(request: HttpRequest) -> bool:
-    """Whether the body is the tensors alone (`Inference-Header-Content-Length: 0`)."""
-    value = request.headers.get(b"inference-header-content-length")
-    if value is None:
-        return False
-    text = value.strip()
-    return text.isdigit() and int(text) == 0
+    def _infer_raw_binary(self, request: HttpRequest, name: str, version: str, respond: Respond) -> None:
+        self._server.forward_http(request, respond)
 
 
 def grpc_methods(server: RemoteServer) -> dict[str, Method]:

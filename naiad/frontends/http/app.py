@@ -12,7 +12,6 @@ import orjson
 
 from naiad.core.server import Inference, InferenceServer
 from naiad.domain.errors import ErrorCode, ServerError, invalid, missing_extension, not_found
-from naiad.domain.model_config import ModelConfig
 from naiad.domain.tensors import InferenceResponse
 from naiad.frontends.http import codec
 from naiad.frontends.http.compression import MIN_COMPRESSED_SIZE, choose_encoding, compress, decompress
@@ -82,12 +81,18 @@ class InferenceApp:
     def infer(self, request: HttpRequest, name: str, version: str, respond: Respond) -> None:
         """`POST .../infer`: decode, submit, and answer from the response's callback."""
         header_length = _header_length(request)
-        body = self.body(request)
         if header_length == 0:
-            decoded = codec.decode_raw_binary(body, self._model_settings(name, version))
-        else:
-            decoded = codec.decode_request(body, header_length, name)
+            self._infer_raw_binary(request, name, version, respond)
+            return
+        self._submit(request, name, version, codec.decode_request(self.body(request), header_length, name), respond)
 
+    def _infer_raw_binary(self, request: HttpRequest, name: str, version: str, respond: Respond) -> None:
+        """A request whose body is the tensors alone, which only the model's config tells how to read."""
+        raise NotImplementedError
+
+    def _submit(
+        self, request: HttpRequest, name: str, version: str, decoded: codec.DecodedRequest, respond: Respond
+    ) -> None:
         def done(outcome: InferenceResponse | ServerError) -> None:
             if isinstance(outcome, ServerError):
                 reply = _error(outcome)
@@ -105,10 +110,6 @@ class InferenceApp:
             respond(_compressed(request, reply))
 
         self.inference.submit(name, version, decoded.request, done)
-
-    def _model_settings(self, name: str, version: str) -> ModelConfig:
-        """The config a raw binary request (no JSON header) is read with."""
-        raise NotImplementedError
 
 
 class HttpApp(InferenceApp):
@@ -176,8 +177,11 @@ class HttpApp(InferenceApp):
             return HttpReply(200, codec.dumps(self.server.model_config(name, version)))
         return HttpReply(200, codec.dumps(self.server.statistics(name, version)))
 
-    def _model_settings(self, name: str, version: str) -> ModelConfig:
-        return self.server.model_settings(name, version)
+    def _infer_raw_binary(self, request: HttpRequest, name: str, version: str, respond: Respond) -> None:
+        body = self.body(request)
+        self._submit(
+            request, name, version, codec.decode_raw_binary(body, self.server.model_settings(name, version)), respond
+        )
 
     def _repository_route(self, request: HttpRequest, rest: list[str], respond: Respond) -> HttpReply | None:
         if rest and rest[0] not in ("index", "models"):
